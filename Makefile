@@ -1,0 +1,25 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make demo   # creates .venv, installs distgan, trains on the built-in demo faces (CPU, a few minutes)
+#   make test   # creates .venv, installs distgan[dev], runs the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/python -m distgan.train --config configs/demo.yaml $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs

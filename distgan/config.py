@@ -1,0 +1,164 @@
+"""Typed configuration: structured dataclasses, YAML files, dotlist overrides, validation.
+
+Every key has a default here; a YAML file (--config) and `key=value` overrides are merged on top in that order.
+A user mistake (unknown key, wrong type, impossible value) raises ConfigError with a one-line message naming
+the key; the command-line entry points turn it into exit status 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; its message is one line that names the key."""
+
+
+@dataclass
+class ModelConfig:
+    z_dim: int = 128  # latent size
+    width: int = 64  # base channels: critic 64-128-256-512, generator 512-256-128-64 at 64 px
+    image_size: int = 64  # 16, 32, 64 or 128
+    channels: int = 3
+    critic_dropout: float = 0.3  # after every critic block but the first; 0 for the equivalence test
+    sync_bn: bool = False  # generator BatchNorm statistics over all ranks (distributed only)
+
+
+@dataclass
+class DataConfig:
+    # "demo": the built-in synthetic faces; otherwise shard URLs (brace patterns), a folder or a manifest.json
+    source: str = "demo"
+    cache_dir: str = "~/.cache/distgan"  # where the demo shards are written on first use
+    demo_images: int = 4096  # size of the generated demo data set
+    shuffle_buffer: int = 1000
+    num_workers: int = 0  # DataLoader worker processes per rank
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 512  # GLOBAL batch: each of N ranks takes batch_size / N
+    steps: int = 100_000  # generator updates
+    n_critic: int = 3  # critic updates per generator update
+    gp_weight: float = 10.0  # lambda
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    fresh_real_per_critic_step: bool = True  # paper's Algorithm 1; False reuses one real batch (Keras version)
+    ema_decay: float = 0.999  # generator EMA; 0 disables averaging (EMA equals G)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    sync_grads: bool = True  # all-reduce gradients over ranks; off only to prove the equivalence test can fail
+
+
+@dataclass
+class LogConfig:
+    every: int = 50  # scalars to TensorBoard and a progress line every N generator steps
+    sample_every: int = 1000  # sample grid from fixed latents (EMA generator)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # newest N checkpoints kept in the run directory
+    num_samples: int = 64  # images in the fixed-latent grid
+    progress: bool = True  # a progress bar on a terminal, periodic lines otherwise
+
+
+@dataclass
+class RunConfig:
+    name: str = "celeba64"
+    root: str = "runs"  # run directory = root/name; holds checkpoints/, tensorboard/, samples/
+    mode: str = "local"  # local: one process, no Ray
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {text}" if key and key not in text else text
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError on any user mistake."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # YAML syntax errors and the like
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    config: Config = OmegaConf.to_object(cfg)
+    validate(config)
+    return config
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Impossible values end here, each with the key that is wrong."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    m, d, t, lg, r = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run
+    need(m.image_size in SUPPORTED_IMAGE_SIZES, "model.image_size", f"{m.image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
+    need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
+    need(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
+    need(m.channels in (1, 3), "model.channels", f"must be 1 or 3, got {m.channels}")
+    need(0.0 <= m.critic_dropout < 1.0, "model.critic_dropout", f"must be in [0, 1), got {m.critic_dropout}")
+    need(d.demo_images >= 1, "data.demo_images", f"must be >= 1, got {d.demo_images}")
+    need(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
+    need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    need(t.batch_size % world_size == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by the {world_size} workers")
+    need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
+    need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
+    need(t.gp_weight >= 0 and math.isfinite(t.gp_weight), "train.gp_weight", f"must be >= 0, got {t.gp_weight}")
+    for key in ("lr_g", "lr_d"):
+        lr = getattr(t, key)
+        need(lr > 0 and math.isfinite(lr), f"train.{key}", f"must be > 0, got {lr}")
+    for key in ("beta1", "beta2"):
+        beta = getattr(t, key)
+        need(0.0 <= beta < 1.0, f"train.{key}", f"must be in [0, 1), got {beta}")
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    for key in ("every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
+        value = getattr(lg, key)
+        need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
+    need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
+    need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))

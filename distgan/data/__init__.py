@@ -1,0 +1,1 @@
+"""Data: shard writing (prepare, demo), streaming reader for training and validation."""

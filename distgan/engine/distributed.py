@@ -1,0 +1,91 @@
+"""The distributed edge of the math: rank, world size and the all-reduces, on plain torch.distributed.
+
+We do not wrap the networks in DistributedDataParallel. WGAN-GP needs a double backward (the penalty) and a
+generator step that runs through the critic with the critic's gradients unwanted; both are known DDP traps
+(DESIGN.md section 3: unused-parameter reduction errors, static_graph silently skipping the all-reduce). Instead,
+as NVlabs/stylegan3 does, each network's gradients are flattened and averaged by hand after its one backward.
+tests/test_equivalence.py proves N ranks then equal one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    sync_grads: bool = True  # False only to show that the equivalence test catches a missing all-reduce
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @staticmethod
+    def from_process_group(sync_grads: bool = True) -> "Dist":
+        """Rank and world size of the initialized default process group (one process: rank 0 of 1)."""
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), sync_grads)
+        return Dist(0, 1, sync_grads)
+
+    def average_grads(self, module: nn.Module) -> None:
+        """Replace every gradient by its mean over ranks: one all-reduce of a flat buffer per network."""
+        if not self.active or not self.sync_grads:
+            return
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.flatten() for p in params])
+        torch_dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers everywhere, so every replica starts identical."""
+        if not self.active:
+            return
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            torch_dist.broadcast(tensor.data, src=0)
+
+    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Average scalar tensors over ranks (one all-reduce) and return Python floats."""
+        keys = sorted(values)
+        if not keys:
+            return {}
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+        if self.active:
+            torch_dist.all_reduce(stacked)
+            stacked /= self.world_size
+        return dict(zip(keys, stacked.cpu().tolist()))
+
+    def sum_int(self, value: int, device: torch.device) -> int:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        torch_dist.all_reduce(t)
+        return int(t.item())
+
+    def gather(self, obj):
+        """A list with every rank's object (small Python objects only)."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            torch_dist.barrier()

@@ -1,0 +1,56 @@
+"""TensorBoard scalars, sample grids and config text; a progress bar or periodic lines on the console."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+
+class RunLogger:
+    """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
+
+    def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool):
+        self.writer = SummaryWriter(log_dir=log_dir)
+        interactive = progress and sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
+        self.last_line = time.time()
+
+    def config(self, yaml_text: str) -> None:
+        self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def images(self, step: int, images: torch.Tensor, tag: str = "samples/fixed_latents") -> None:
+        self.writer.add_image(tag, grid(images), step)
+        self.writer.flush()
+
+    def progress(self, step: int, total: int, values: dict[str, float]) -> None:
+        text = (
+            f"d={values['loss/critic']:.3f} w={values['wasserstein']:.3f} gp={values['loss/gradient_penalty']:.3f} "
+            f"g={values['loss/generator']:.3f} img/s={values['perf/images_per_s']:.0f}"
+        )
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix_str(text)
+        else:
+            print(f"step {step}/{total} {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.writer.close()
+
+
+def grid(images: torch.Tensor, nrow: Optional[int] = None) -> torch.Tensor:
+    """Images in [-1, 1] -> one grid image in [0, 1]."""
+    nrow = nrow or max(1, int(images.shape[0] ** 0.5))
+    return make_grid(images.detach().float().cpu().clamp(-1, 1).add(1).div(2), nrow=nrow, padding=2)

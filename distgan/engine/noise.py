@@ -1,0 +1,33 @@
+"""Latents and penalty alphas drawn for the GLOBAL batch from one seeded stream; each rank keeps its slice.
+
+Every rank draws the same global tensor and takes rows [rank*n, (rank+1)*n): ranks get different noise, and the
+noise a sample gets does not depend on how many ranks there are. That is what lets the equivalence test compare
+2 ranks with 1 process on the same latents and alphas, and it costs one (B, z_dim) draw per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlicedNoise:
+    def __init__(self, seed: int, rank: int, world_size: int, device: torch.device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rng = torch.Generator().manual_seed(seed)
+
+    def _slice(self, full: torch.Tensor) -> torch.Tensor:
+        n = full.shape[0] // self.world_size
+        return full[self.rank * n : (self.rank + 1) * n].to(self.device, non_blocking=True)
+
+    def latents(self, global_batch: int, z_dim: int) -> torch.Tensor:
+        return self._slice(torch.randn(global_batch, z_dim, generator=self.rng))
+
+    def alphas(self, global_batch: int) -> torch.Tensor:
+        """One U(0, 1) per sample, shaped (n, 1, 1, 1) to broadcast over C, H, W."""
+        return self._slice(torch.rand(global_batch, generator=self.rng)).view(-1, 1, 1, 1)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.set_state(state["rng"])

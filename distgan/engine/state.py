@@ -1,0 +1,94 @@
+"""Everything a run needs to continue exactly where it stopped: networks, optimizers, EMA, counters, RNGs."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from distgan.config import Config
+from distgan.engine.distributed import Dist
+from distgan.engine.noise import SlicedNoise
+from distgan.engine.sync_bn import convert_sync_batchnorm
+from distgan.models import Critic, Generator, build_models
+
+
+@dataclass
+class TrainState:
+    G: Generator
+    D: Critic
+    G_ema: Generator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise: SlicedNoise
+    step: int = 0  # generator updates done
+    critic_steps: int = 0
+    images_seen: int = 0  # real images consumed, all ranks together
+    data_state: dict = field(default_factory=dict)  # position of the real-data stream (per rank)
+
+    @staticmethod
+    def create(cfg: Config, device: torch.device, dist: Dist) -> "TrainState":
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (and rank 0 broadcasts anyway)
+        G, D = build_models(cfg.model)
+        if cfg.model.sync_bn:
+            convert_sync_batchnorm(G)
+        G, D = G.to(device), D.to(device)
+        dist.broadcast_module(G)
+        dist.broadcast_module(D)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        t = cfg.train
+        opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+        opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+        # Dropout masks come from the global RNG: different per rank, like different samples.
+        torch.manual_seed(t.seed + 1_000_003 * (dist.rank + 1))
+        noise = SlicedNoise(t.seed, dist.rank, dist.world_size, device)
+        return TrainState(G, D, G_ema, opt_g, opt_d, noise)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "noise": self.noise.state_dict(),
+            "step": self.step,
+            "critic_steps": self.critic_steps,
+            "images_seen": self.images_seen,
+        }
+        return state
+
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: the data position and the RNG behind dropout masks."""
+        state = {"data_state": self.data_state, "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        self.data_state = dict(state.get("data_state", {}))
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.noise.load_state_dict(state["noise"])
+        self.step = int(state["step"])
+        self.critic_steps = int(state["critic_steps"])
+        self.images_seen = int(state["images_seen"])
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)

@@ -1,0 +1,65 @@
+"""One training step: n_critic critic updates, then one generator update (Algorithm 1 of Gulrajani et al.)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from distgan.config import TrainConfig
+from distgan.engine.distributed import Dist
+from distgan.engine.state import TrainState, update_ema
+from distgan.losses import critic_loss, generator_loss, gradient_penalty
+
+RealBatches = Callable[[], torch.Tensor]  # returns this rank's next real batch, float in [-1, 1], on the device
+
+
+def grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist) -> dict[str, torch.Tensor]:
+    """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs)."""
+    G, D = state.G, state.D
+    global_batch = t.batch_size
+    z_dim = G.z_dim
+    sums: dict[str, torch.Tensor] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0) + value.detach() / t.n_critic
+
+    D.requires_grad_(True)
+    real = None
+    for i in range(t.n_critic):
+        if real is None or t.fresh_real_per_critic_step:
+            real = next_real()
+        with torch.no_grad():
+            fake = G(state.noise.latents(global_batch, z_dim))
+        real_scores, fake_scores = D(real), D(fake)
+        gp = gradient_penalty(D, real, fake, alpha=state.noise.alphas(global_batch))
+        loss_d = critic_loss(real_scores, fake_scores) + t.gp_weight * gp
+        state.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()  # ONE backward through loss and penalty (the penalty's input gradient was create_graph)
+        dist.average_grads(D)
+        add("grad_norm/critic", grad_norm(D))
+        state.opt_d.step()
+        state.critic_steps += 1
+        add("loss/critic", loss_d)
+        add("loss/gradient_penalty", gp)
+        add("wasserstein", real_scores.mean() - fake_scores.mean())
+
+    # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
+    # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
+    D.requires_grad_(False)
+    loss_g = generator_loss(D(G(state.noise.latents(global_batch, z_dim))))
+    state.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    dist.average_grads(G)
+    sums["grad_norm/generator"] = grad_norm(G)
+    state.opt_g.step()
+    D.requires_grad_(True)
+    update_ema(state.G_ema, G, t.ema_decay)
+    state.step += 1
+    sums["loss/generator"] = loss_g.detach()
+    return sums

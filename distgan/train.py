@@ -1,0 +1,34 @@
+"""python -m distgan.train [--config FILE] [key=value ...]
+
+run.mode=local trains in this process (one GPU or the CPU), with no Ray at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from distgan.cli import config_from_args, run_main
+from distgan.config import Config
+
+log = logging.getLogger("distgan.train")
+
+
+def run_local(cfg: Config) -> Path:
+    from distgan.engine.loop import train
+
+    run_dir = Path(cfg.run.root) / cfg.run.name
+    log.info("run directory: %s", run_dir.resolve())
+    state = train(cfg, run_dir)
+    log.info("done at step %d; checkpoints, samples and TensorBoard events in %s", state.step, run_dir)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
+    run_local(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
