@@ -188,6 +188,8 @@ class RealBatches:
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
+            # its own RNG: drawing the loader's base seed from the global RNG would shift the dropout masks
+            generator=torch.Generator().manual_seed(stream.seed),
         )
         self._it = iter(loader)
 

@@ -51,6 +51,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
 
     # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
     # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
+    state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
     D.requires_grad_(False)
     loss_g = generator_loss(D(G(state.noise.latents(global_batch, z_dim))))
     state.opt_g.zero_grad(set_to_none=True)

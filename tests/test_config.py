@@ -1,0 +1,61 @@
+"""Configs load; user mistakes end with one line naming the key and exit status 2, never a traceback."""
+
+import pytest
+
+from conftest import ROOT, run_module
+from distgan.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize("name", ["celeba64", "paper", "demo"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.train.gp_weight == 10.0
+
+
+def test_seed_and_paper_hyperparameters():
+    seed, paper = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("celeba64", "paper"))
+    assert (seed.train.batch_size, seed.train.lr_d, seed.train.beta1, seed.train.n_critic) == (512, 2e-4, 0.5, 3)
+    assert (paper.train.batch_size, paper.train.lr_d, paper.train.beta1, paper.train.n_critic) == (64, 1e-4, 0.0, 5)
+    assert seed.model.z_dim == 128 and seed.model.critic_dropout == 0.3
+
+
+def test_overrides_apply_to_every_section():
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["train.n_critic=7", "model.width=4", "run.name=x",
+                                                      "log.every=3", "data.shuffle_buffer=5"])
+    assert (cfg.train.n_critic, cfg.model.width, cfg.run.name, cfg.log.every, cfg.data.shuffle_buffer) == (7, 4, "x", 3, 5)
+
+
+BAD = [
+    (["train.n_critc=3"], "train.n_critc"),  # unknown key
+    (["nope=1"], "nope"),
+    (["train.n_critic=three"], "train.n_critic"),  # wrong type
+    (["train.n_critic=0"], "train.n_critic"),  # impossible values
+    (["train.lr_g=-1e-4"], "train.lr_g"),
+    (["model.image_size=48"], "model.image_size"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["model.critic_dropout=1.5"], "model.critic_dropout"),
+    (["run.mode=cluster"], "run.mode"),
+    (["train.steps"], "train.steps"),  # not key=value
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD)
+def test_bad_values_raise_config_error_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", overrides)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args,key", [
+    (["train.n_critic=0"], "train.n_critic"),
+    (["train.bogus=1"], "train.bogus"),
+    (["model.image_size=48"], "model.image_size"),
+    (["--config", "configs/missing.yaml"], "configs/missing.yaml"),
+    (["data.source=/nonexistent/shards"], "data.source"),
+])
+def test_cli_exits_2_with_one_line(args, key, tmp_path):
+    result = run_module("distgan.train", *args, f"run.root={tmp_path}", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.splitlines() if not " INFO " in l]
+    assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,68 @@
+"""A short run leaves checkpoints, sample grids and TensorBoard events; the sample CLI reads the checkpoint."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_module
+from distgan.engine.loop import train
+
+SCALARS = {
+    "loss/critic", "loss/generator", "loss/gradient_penalty", "wasserstein", "grad_norm/critic",
+    "grad_norm/generator", "lr/critic", "lr/generator", "perf/images_per_s", "data/bad_samples",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_cache):
+    from distgan.config import load_config
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [
+        "model.z_dim=16", "model.width=8", "model.image_size=16", f"data.cache_dir={demo_cache}",
+        "data.demo_images=512", "train.batch_size=16", "train.steps=4", "train.n_critic=2", "train.device=cpu",
+        "log.every=2", "log.sample_every=2", "log.checkpoint_every=2", "log.num_samples=9", "log.progress=false",
+    ])
+    train(cfg, root / "run")
+    return root / "run"
+
+
+def test_tensorboard_events_read_back(finished_run: Path):
+    acc = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    assert SCALARS <= set(tags["scalars"]), SCALARS - set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss/critic")] == [2, 4]
+    assert all(e.value > 0 for e in acc.Scalars("perf/images_per_s"))
+    assert acc.Scalars("lr/generator")[0].value == pytest.approx(2e-4)
+    images = acc.Images("samples/fixed_latents")
+    assert [e.step for e in images] == [2, 4]
+    assert images[0].width > 16 * 3 and images[0].height > 16 * 3  # a 3x3 grid of 16 px samples
+    assert "config/text_summary" in tags["tensors"]
+
+
+def test_run_directory_layout(finished_run: Path):
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt"]
+    grids = sorted(p.name for p in (finished_run / "samples").iterdir())
+    assert grids == ["step-00000002.png", "step-00000004.png"]
+    assert Image.open(finished_run / "samples" / grids[-1]).size[0] > 48
+
+
+def test_sample_cli_writes_grid_and_images(finished_run: Path, tmp_path):
+    out = tmp_path / "samples"
+    result = run_module("distgan.sample", str(finished_run), "--out", str(out), "--num", "5", "--grid", "16")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png", "grid.png"]
+    assert Image.open(out / "000000.png").size == (16, 16)
+    assert Image.open(out / "grid.png").size == (4 * 18 + 2, 4 * 18 + 2)  # 4x4 grid, 2 px padding
+
+
+def test_sample_cli_bad_checkpoint(tmp_path):
+    bogus = tmp_path / "ckpt-00000001.pt"
+    bogus.write_text("not a checkpoint")
+    for target in (tmp_path / "missing", bogus):
+        result = run_module("distgan.sample", str(target), "--out", str(tmp_path / "o"))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr and result.stderr.strip().startswith("error:")
