@@ -40,6 +40,7 @@ class DataConfig:
     demo_images: int = 4096  # size of the generated demo data set
     shuffle_buffer: int = 1000
     num_workers: int = 0  # DataLoader worker processes per rank
+    record_keys: bool = False  # debug: each rank writes the sample keys it trains on to run_dir/data-keys/
 
 
 @dataclass
@@ -72,8 +73,20 @@ class LogConfig:
 @dataclass
 class RunConfig:
     name: str = "celeba64"
-    root: str = "runs"  # run directory = root/name; holds checkpoints/, tensorboard/, samples/
-    mode: str = "local"  # local: one process, no Ray
+    # run directory = root/name: checkpoints, tensorboard/, samples/. In ray mode this is RunConfig.storage_path
+    # and must be storage every node sees (NFS path, s3://, gs://); a rerun with the same name resumes.
+    root: str = "runs"
+    mode: str = "ray"  # ray: Ray Train DDP workers; local: this process only, no Ray (debugging)
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = RAY_ADDRESS / the job's cluster if set, else start a local cluster
+    num_workers: int = 2
+    use_gpu: bool = False  # one GPU per worker (NCCL); CPU workers use gloo
+    cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    max_failures: int = 0  # worker failures survived by restarting from the newest checkpoint; -1 = forever
 
 
 @dataclass
@@ -83,6 +96,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def _one_line(exc: OmegaConfBaseException) -> str:
@@ -115,14 +129,18 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     return config
 
 
-def validate(cfg: Config, world_size: int = 1) -> None:
+def world_size(cfg: Config) -> int:
+    return cfg.ray.num_workers if cfg.run.mode == "ray" else 1
+
+
+def validate(cfg: Config) -> None:
     """Impossible values end here, each with the key that is wrong."""
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
 
-    m, d, t, lg, r = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run
+    m, d, t, lg, r, ray = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run, cfg.ray
     need(m.image_size in SUPPORTED_IMAGE_SIZES, "model.image_size", f"{m.image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
     need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
     need(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
@@ -132,8 +150,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
-    need(t.batch_size % world_size == 0, "train.batch_size",
-         f"{t.batch_size} is not divisible by the {world_size} workers")
+    need(ray.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {ray.num_workers}")
+    need(t.batch_size % world_size(cfg) == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by ray.num_workers={world_size(cfg)}")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
     need(t.gp_weight >= 0 and math.isfinite(t.gp_weight), "train.gp_weight", f"must be >= 0, got {t.gp_weight}")
@@ -150,6 +169,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
     need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
     need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
+    need(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
+    strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+    need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")
+    need(ray.max_failures >= -1, "ray.max_failures", f"must be >= -1, got {ray.max_failures}")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -1,5 +1,7 @@
 """python -m distgan.train [--config FILE] [key=value ...]
 
+run.mode=ray (the default) trains with Ray Train: ray.num_workers DDP workers on the cluster named by
+ray.address or RAY_ADDRESS (set by `ray job submit`), or on a local cluster started for the run.
 run.mode=local trains in this process (one GPU or the CPU), with no Ray at all.
 """
 
@@ -26,7 +28,16 @@ def run_local(cfg: Config) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
-    run_local(cfg)
+    if cfg.run.mode == "local":
+        run_local(cfg)
+    else:
+        from distgan.data.sources import resolve_shards
+        from distgan.launch.ray_train import run_ray
+
+        resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
+
+        run_dir = run_ray(cfg)
+        log.info("done; checkpoints, samples and TensorBoard events in %s", run_dir)
     return 0
 
 

@@ -1,31 +1,52 @@
-"""Turn data.source into a list of shard URLs: "demo", a shard folder or manifest.json, or brace-expanded URLs."""
+"""Turn data.source into a list of shard URLs: "demo", a shard folder or manifest.json, or brace-expanded URLs.
+
+Every way a source can be wrong (missing, empty, unreadable, written for another image size) ends here as a
+DataSourceError with a one-line message, which the command-line entry points print as "error: ..." with exit 2.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import braceexpand
 import fsspec
 
 from distgan.config import Config
 from distgan.data.demo import ensure_demo_shards
-from distgan.data.shards import read_manifest
+from distgan.data.shards import MANIFEST, Manifest, count_samples, read_manifest
 
 
 class DataSourceError(ValueError):
     """A missing, empty or unreadable data source: a user mistake, reported in one line."""
 
 
-def resolve_shards(cfg: Config) -> list[str]:
-    source = cfg.data.source
-    if source == "demo":
-        root = ensure_demo_shards(cfg.data.cache_dir, cfg.model.image_size, cfg.data.demo_images, cfg.model.channels)
-        return read_manifest(root).urls(root)
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_manifest_source(source: str) -> bool:
+    """A folder or manifest.json (rather than shard URLs): no brace pattern, not a .tar, not pipe:."""
     if source.startswith("pipe:"):
-        return list(braceexpand.braceexpand(source))
+        return False
+    return source.endswith(".json") or ("{" not in source and not source.endswith((".tar", ".tar.gz", ".tgz")))
+
+
+def resolve_source(source: str, what: str = "data.source") -> tuple[list[str], Optional[Manifest]]:
+    """(shard URLs, the manifest when there is one) for a shard folder, a manifest.json or brace-expanded URLs."""
+    if source.startswith("pipe:"):
+        return list(braceexpand.braceexpand(source)), None  # commands: nothing to check before running them
+    manifest = None
     try:
-        if source.endswith(".json") or "{" not in source and not source.endswith(".tar"):
+        if is_manifest_source(source):
             manifest = read_manifest(source)
             if manifest is None:
-                raise DataSourceError(f"data.source: no {source if source.endswith('.json') else source + '/manifest.json'}")
+                fs, path = fsspec.core.url_to_fs(source)
+                if not fs.exists(path):
+                    raise DataSourceError(f"{what}: {source} does not exist")
+                folder = source if not source.endswith(".json") else source.rsplit("/", 1)[0]
+                raise DataSourceError(f"{what}: no {MANIFEST} in {folder} (write shards with python -m "
+                                      f"distgan.data.prepare, or give brace-expanded shard URLs)")
             root = source.rsplit("/", 1)[0] if source.endswith(".json") else source
             urls = manifest.urls(root)
         else:
@@ -33,11 +54,38 @@ def resolve_shards(cfg: Config) -> list[str]:
             fs, _ = fsspec.core.url_to_fs(urls[0])
             missing = [u for u in urls if not fs.exists(fsspec.core.url_to_fs(u)[1])]
             if missing:
-                raise DataSourceError(f"data.source: {len(missing)} of {len(urls)} shards missing, e.g. {missing[0]}")
+                raise DataSourceError(f"{what}: {len(missing)} of {len(urls)} shards missing, e.g. {missing[0]}")
     except DataSourceError:
         raise
-    except Exception as exc:
-        raise DataSourceError(f"data.source: cannot read {source}: {exc}") from None
-    if not urls:
-        raise DataSourceError(f"data.source: {source} lists no shards")
+    except Exception as exc:  # no credentials, no network, a garbled manifest, ...
+        raise DataSourceError(f"{what}: cannot read {source}: {first_line(exc)}") from None
+    if not urls or (manifest is not None and manifest.total == 0):
+        raise DataSourceError(f"{what}: {source} holds no images")
+    return urls, manifest
+
+
+def check_manifest(manifest: Manifest, image_size: int, channels: int, what: str = "data.source") -> None:
+    """Shards written for another resolution would make every sample a bad one: say so once, up front."""
+    if manifest.image_size != image_size:
+        raise DataSourceError(f"{what}: shards hold {manifest.image_size} px images, model.image_size is {image_size}")
+    if manifest.format == "raw" and manifest.channels != channels:
+        raise DataSourceError(f"{what}: raw shards hold {manifest.channels}-channel images, "
+                              f"model.channels is {channels}")
+
+
+def resolve_shards(cfg: Config) -> list[str]:
+    source = cfg.data.source
+    if source == "demo":
+        root = ensure_demo_shards(cfg.data.cache_dir, cfg.model.image_size, cfg.data.demo_images, cfg.model.channels)
+        return read_manifest(root).urls(root)
+    urls, manifest = resolve_source(source)
+    if manifest is not None:
+        check_manifest(manifest, cfg.model.image_size, cfg.model.channels)
     return urls
+
+
+def shard_counts(urls: list[str], manifest: Optional[Manifest]) -> list[int]:
+    """Samples per shard: from the manifest, or by reading each shard through when there is none."""
+    if manifest is not None:
+        return manifest.counts()
+    return [count_samples(url) for url in urls]

@@ -1,4 +1,4 @@
-"""Streaming reader: WebDataset tar shards -> batches of uint8 images, split over ranks and loader workers.
+"""Training reader: WebDataset tar shards -> batches of uint8 images, split over ranks and loader workers.
 
 How the data is split (rank and world size are passed in explicitly, never read from torch.distributed inside a
 loader worker, where a spawned worker cannot see it; DESIGN.md section 3):
@@ -6,57 +6,36 @@ loader worker, where a spawned worker cannot see it; DESIGN.md section 3):
   and shard i goes to unit i % units, so within an epoch no two units read the same shard. With fewer shards
   than units every unit reads every shard and keeps the samples whose index % units is its own.
 - The training stream is resampled: each unit runs through its epochs forever, so every rank can take the same
-  number of batches and DDP never waits for a rank that ran dry. The loop decides how many batches make an epoch.
+  number of batches and DDP never waits for a rank that ran dry. The loop decides how many batches make an epoch
+  (manifest total // global batch, if it wants epochs at all). For evaluation, where every image must be seen
+  exactly once, use distgan.data.validation instead.
 - Order inside a unit: a shuffle buffer seeded by (seed, epoch, rank, worker), flushed at the end of each epoch,
   so a position (epoch, samples read) replays exactly: resume skips to it without decoding what it skips.
-- Bad data (corrupt image, wrong size, not an image, broken tar) is skipped, counted and warned about with the
-  shard's name; the count travels with every batch so the loop can log it.
+- Bad data (corrupt image, wrong size, not an image, broken or truncated tar, unreadable URL) is skipped, counted
+  and warned about with the shard's name; the count travels with every batch so the loop can log it. A unit that
+  finds nothing readable for as many epochs in a row as there are shards raises DataSourceError instead of
+  spinning forever.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import logging
 import random
 from typing import Iterator, Optional
+from pathlib import Path
 
-import fsspec
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from distgan.data.codec import decode_image
+from distgan.data.shards import iter_samples
+from distgan.data.sources import DataSourceError
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
-
-
-def open_url(url: str):
-    """Local paths, file:// and pipe: through webdataset's gopen; other schemes (s3://, gs://, ...) via fsspec."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme in ("", "file") or url.startswith("pipe:"):
-        return wds.gopen(url, "rb")
-    return fsspec.open(url, "rb").open()
-
-
-def decode_image(sample: dict, image_size: int, channels: int) -> np.ndarray:
-    """HWC uint8 array, or raises ValueError naming what is wrong."""
-    if "raw" in sample:
-        arr = np.frombuffer(sample["raw"], dtype=np.uint8)
-        if arr.size != image_size * image_size * channels:
-            raise ValueError(f"raw image has {arr.size} bytes, expected {image_size}x{image_size}x{channels}")
-        return arr.reshape(image_size, image_size, channels)
-    key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if key is None:
-        raise ValueError(f"no image in sample (members: {sorted(k for k in sample if not k.startswith('__'))})")
-    with Image.open(io.BytesIO(sample[key])) as img:
-        img.load()
-        if img.size != (image_size, image_size):
-            raise ValueError(f"image is {img.size[0]}x{img.size[1]}, expected {image_size}x{image_size}")
-        arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    return arr[:, :, None] if channels == 1 else arr
+__all__ = ["ShardStream", "RealBatches", "to_model_range", "decode_image", "buffer_shuffle"]
 
 
 def buffer_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -75,8 +54,27 @@ def buffer_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> It
     yield from buf
 
 
+def stack_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 arrays -> (B, C, H, W) uint8."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 travels to the device; the conversion to float in [-1, 1] happens there, where it is cheap."""
+    return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def worker_error_message(exc: DataSourceError) -> str:
+    """A DataLoader re-raises a worker's exception with the worker's traceback as its message: keep the last line."""
+    last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return last.split("DataSourceError: ", 1)[-1]
+
+
 class ShardStream(IterableDataset):
-    """Yields (images uint8 (B, C, H, W), meta) where meta says where the producing unit stands."""
+    """Yields (images uint8 (B, C, H, W), meta) where meta says where the producing unit stands.
+
+    with_keys=True adds meta["keys"] (each image's sample key) and meta["epochs"] (the unit epoch it came from).
+    """
 
     def __init__(
         self,
@@ -91,6 +89,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 1000,
         resampled: bool = True,
         state: Optional[dict] = None,
+        with_keys: bool = False,
     ):
         if not urls:
             raise ValueError("no shards to read")
@@ -100,7 +99,9 @@ class ShardStream(IterableDataset):
         self.num_workers = max(1, num_workers)
         self.seed, self.shuffle_buffer, self.resampled = seed, shuffle_buffer, resampled
         self.state = state or {}
+        self.with_keys = with_keys
         self.bad = 0
+        self._replaying = False  # errors met while replaying up to a resume position were counted before
 
     # --- which samples a unit reads ---------------------------------------------------------------------------
     def _unit_shards(self, epoch: int, unit: int) -> tuple[list[str], Optional[int]]:
@@ -115,24 +116,21 @@ class ShardStream(IterableDataset):
     def _raw(self, epoch: int, unit: int, worker: int) -> Iterator[dict]:
         shards, keep = self._unit_shards(epoch, unit)
         units = self.world_size * self.num_workers
-        sources = ({"url": url, "stream": self._open(url)} for url in shards)
-        samples = group_by_keys(tar_file_expander(sources, handler=self._on_error), handler=self._on_error)
+        samples = itertools.chain.from_iterable(iter_samples(url, self._shard_error) for url in shards)
         if keep is not None:
             samples = (s for i, s in enumerate(samples) if i % units == keep)
         rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
         return buffer_shuffle(samples, self.shuffle_buffer, rng)
 
-    def _open(self, url: str):
-        try:
-            return open_url(url)
-        except Exception as exc:  # an unreadable shard is bad data, not a crash
-            self._on_error(exc)
-            return io.BytesIO(b"")
-
-    def _on_error(self, exc: Exception) -> bool:
+    def _shard_error(self, message: str) -> None:
+        if self._replaying:
+            return
         self.bad += 1
-        log.warning("skipping bad data: %s", " ".join(str(a) for a in exc.args if isinstance(a, str)) or exc)
-        return True
+        log.warning("skipping bad data: %s", message)
+
+    def _sample_error(self, sample: dict, exc: Exception) -> None:
+        self.bad += 1
+        log.warning("skipping bad sample %s in %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
 
     # --- the stream -------------------------------------------------------------------------------------------
     def __iter__(self):
@@ -146,36 +144,59 @@ class ShardStream(IterableDataset):
         epoch, pos = self.state.get("workers", {}).get(worker, (0, 0))
         self.bad = self.state.get("bad", {}).get(worker, 0)
         images: list[np.ndarray] = []
+        keys: list[tuple[str, int]] = []
+        empty_epochs = 0
         while True:
             good_in_epoch = 0
-            for i, sample in enumerate(self._raw(epoch, unit, worker)):
+            samples = self._raw(epoch, unit, worker)
+            i = -1
+            while True:
+                self._replaying = i + 1 < pos
+                sample = next(samples, None)
+                if sample is None:
+                    break
+                i += 1
                 if i < pos:
                     continue  # replaying up to the resume position: no decoding
                 try:
                     images.append(decode_image(sample, self.image_size, self.channels))
+                    keys.append((sample["__key__"], epoch))
                     good_in_epoch += 1
                 except Exception as exc:
-                    self.bad += 1
-                    log.warning("skipping bad sample %s in %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
+                    self._sample_error(sample, exc)
                 if len(images) == self.batch_size:
-                    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-                    images = []
-                    yield batch, {"worker": worker, "epoch": epoch, "pos": i + 1, "bad": self.bad}
-            if good_in_epoch == 0 and pos == 0:
-                raise RuntimeError(f"no readable images for rank {self.rank} worker {worker} in {len(self.urls)} shards")
+                    yield stack_batch(images), self._meta(worker, epoch, i + 1, keys)
+                    images, keys = [], []
+            self._replaying = False
+            empty_epochs = empty_epochs + 1 if good_in_epoch == 0 and pos == 0 else 0
             if not self.resampled:
                 break
+            if empty_epochs >= len(self.urls):
+                raise DataSourceError(
+                    f"rank {self.rank} loader worker {worker}: no readable image in {empty_epochs} passes over its "
+                    f"part of {len(self.urls)} shards (all bad, or fewer images than ranks x loader workers)")
             epoch, pos = epoch + 1, 0
         if images:
-            batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-            yield batch, {"worker": worker, "epoch": epoch, "pos": -1, "bad": self.bad}
+            yield stack_batch(images), self._meta(worker, epoch, -1, keys)
+
+    def _meta(self, worker: int, epoch: int, pos: int, keys: list[tuple[str, int]]) -> dict:
+        meta = {"worker": worker, "epoch": epoch, "pos": pos, "bad": self.bad}
+        if self.with_keys:
+            meta["keys"] = [k for k, _ in keys]
+            meta["epochs"] = [e for _, e in keys]
+        return meta
 
 
 class RealBatches:
     """The training loop's view: next() gives a float batch in [-1, 1] on the device; state() is resumable."""
 
-    def __init__(self, stream: ShardStream, num_workers: int, device: torch.device):
+    def __init__(self, stream: ShardStream, num_workers: int, device: torch.device, key_log: Optional[Path] = None):
+        """key_log: append every sample key this rank trains on to this file (a debugging aid: data.record_keys)."""
         self.device = device
+        self.key_log = key_log
+        if key_log is not None:
+            key_log.parent.mkdir(parents=True, exist_ok=True)
+            stream.with_keys = True
         self.state = {
             "batches": stream.state.get("batches", 0),
             "workers": dict(stream.state.get("workers", {})),
@@ -194,13 +215,20 @@ class RealBatches:
         self._it = iter(loader)
 
     def __call__(self) -> torch.Tensor:
-        images, meta = next(self._it)
+        try:
+            images, meta = next(self._it)
+        except DataSourceError as exc:
+            message = worker_error_message(exc)
+            exc.__traceback__ = None  # torch's re-raise leaves a reference cycle that delays worker shutdown by 10 s
+            raise DataSourceError(message) from None
         w = int(meta["worker"])
         self.state["batches"] += 1
         self.state["workers"][w] = (int(meta["epoch"]), int(meta["pos"]))
         self.state["bad"][w] = int(meta["bad"])
-        # uint8 travels to the device; the conversion to float happens there, where it is cheap
-        return images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        if self.key_log is not None:
+            with open(self.key_log, "a") as f:
+                f.write("".join(f"{key}\n" for key in meta["keys"]))
+        return to_model_range(images, self.device)
 
     @property
     def bad_samples(self) -> int:

@@ -16,7 +16,8 @@ class RunLogger:
     """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
 
     def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool):
-        self.writer = SummaryWriter(log_dir=log_dir)
+        # purge_step: after a resume, TensorBoard drops what an earlier attempt logged past the checkpoint
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else None)
         interactive = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
         self.last_line = time.time()

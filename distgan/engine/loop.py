@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torchvision.utils import save_image
@@ -93,7 +93,13 @@ def train(
     store: Optional[CheckpointStore] = None,
     device: Optional[torch.device] = None,
     local_rank: int = 0,
+    stop_check: Optional[Callable[[], bool]] = None,
 ) -> TrainState:
+    """Train until train.steps generator updates, resuming from the store's newest checkpoint.
+
+    stop_check: asked on every rank at each log step (a launcher's preemption notice, a stop file); when any rank
+    or a SIGTERM/Ctrl-C says stop, every rank writes the checkpoint and returns.
+    """
     dist = dist or Dist(sync_grads=cfg.train.sync_grads)
     run_dir = Path(run_dir)
     device = device or pick_device(cfg.train.device, local_rank)
@@ -111,20 +117,21 @@ def train(
         elif dist.is_main:
             log.warning("checkpoint has %d ranks, run has %d: data streams restart", len(ranks), dist.world_size)
         if dist.is_main:
-            log.info("resumed from step %d", state.step)
+            print(f"resumed from step {state.step}", flush=True)
 
     stream = ShardStream(
         resolve_shards(cfg), local_batch, cfg.model.image_size, cfg.model.channels, dist.rank, dist.world_size,
         cfg.data.num_workers, t.seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
     )
-    real = RealBatches(stream, cfg.data.num_workers, device)
+    key_log = run_dir / "data-keys" / f"rank-{dist.rank}.txt" if cfg.data.record_keys else None
+    real = RealBatches(stream, cfg.data.num_workers, device, key_log)
 
     fixed_z = torch.randn(lg.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 7))
     fixed_z = fixed_z.to(device)
     logger = None
     if dist.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        logger = RunLogger(str(run_dir / "tensorboard"), t.steps, state.step, lg.progress)
+        logger = RunLogger(str(run_dir / "tensorboard"), t.steps, state.step, lg.progress)  # purges steps > resume
         logger.config(to_yaml(cfg))
 
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
@@ -145,7 +152,10 @@ def train(
                 sums[k] = sums.get(k, 0) + v
             steps_since += 1
             step, last = state.step, state.step == t.steps
-            stopping = dist.sum_int(int(stop.requested), device) > 0 if dist.active else stop.requested
+            stopping = False
+            if step % lg.every == 0:  # agreeing on a stop costs an all-reduce: only at log steps
+                wants = stop.requested or bool(stop_check and stop_check())
+                stopping = dist.sum_int(int(wants), device) > 0
 
             values: dict[str, float] = {}
             if step % lg.every == 0 or last or stopping:

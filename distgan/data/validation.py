@@ -1,0 +1,141 @@
+"""Evaluation reader: every image exactly once over all ranks and loader workers, the same batch count on every rank.
+
+The training stream is resampled and endless; evaluation (FID statistics, a validation loss) needs each image
+exactly once, and DDP needs every rank to run the same number of batches, or a collective inside the loop waits
+forever for the rank that ran out. Both follow from the per-shard counts (the manifest's, or counted once):
+- The images, numbered in shard order, are cut into world_size contiguous ranges that differ by at most one image.
+- Every rank yields ceil(ceil(total / world_size) / batch_size) batches, all of batch_size images: the last ones
+  are padded with black images, and meta["valid"] says how many images at the front are real. Use
+  images[:valid]; a rank with nothing left still yields its padded batches, so collectives stay in step.
+- Within a rank, loader worker w gets a contiguous block of the rank's batches and reads only the shards that
+  block touches, skipping (not decoding) the samples before it.
+- A sample that fails to decode, or is missing because its shard is short or truncated, is padding too: it is
+  counted in that batch's meta["bad"] and warned about with the shard's name; the batch count never changes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from distgan.data.codec import decode_image
+from distgan.data.shards import iter_samples
+from distgan.data.sources import check_manifest, resolve_source, shard_counts
+from distgan.data.stream import stack_batch, to_model_range
+
+log = logging.getLogger(__name__)
+
+
+class ValidationStream(IterableDataset):
+    """Yields (images uint8 (batch_size, C, H, W), meta) with meta["valid"], meta["bad"] (and meta["keys"] of the
+    valid images with with_keys=True). len() is the number of batches per rank, the same on every rank."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        counts: list[int],
+        batch_size: int,
+        image_size: int,
+        channels: int = 3,
+        rank: int = 0,
+        world_size: int = 1,
+        with_keys: bool = False,
+    ):
+        if len(urls) != len(counts):
+            raise ValueError(f"{len(urls)} shards but {len(counts)} counts")
+        self.urls, self.counts = list(urls), [int(c) for c in counts]
+        self.starts = [0, *itertools.accumulate(self.counts)]  # first image number of each shard, then the total
+        self.total = self.starts[-1]
+        self.batch_size, self.image_size, self.channels = batch_size, image_size, channels
+        self.rank, self.world_size, self.with_keys = rank, world_size, with_keys
+        self.lo = rank * self.total // world_size  # this rank's images: [lo, hi)
+        self.hi = (rank + 1) * self.total // world_size
+        self.batches = math.ceil(math.ceil(self.total / world_size) / batch_size)
+
+    @classmethod
+    def from_source(cls, source: str, batch_size: int, image_size: int, channels: int = 3, rank: int = 0,
+                    world_size: int = 1, with_keys: bool = False) -> "ValidationStream":
+        """From a shard folder, manifest.json or brace-expanded URLs (counted once when there is no manifest)."""
+        urls, manifest = resolve_source(source)
+        if manifest is not None:
+            check_manifest(manifest, image_size, channels)
+        return cls(urls, shard_counts(urls, manifest), batch_size, image_size, channels, rank, world_size, with_keys)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n = (info.id, info.num_workers) if info else (0, 1)
+        first, last = worker * self.batches // n, (worker + 1) * self.batches // n  # this worker's batches
+        lo = min(self.lo + first * self.batch_size, self.hi)
+        hi = min(self.lo + last * self.batch_size, self.hi)
+        current = first
+        images: list[np.ndarray] = []
+        keys: list[str] = []
+        for number, sample in self._numbered_samples(lo, hi):
+            while current < (number - self.lo) // self.batch_size:
+                yield self._batch(current, images, keys)
+                images, keys, current = [], [], current + 1
+            try:
+                images.append(decode_image(sample, self.image_size, self.channels))
+                keys.append(sample["__key__"])
+            except Exception as exc:
+                log.warning("skipping bad sample %s in %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
+        while current < last:
+            yield self._batch(current, images, keys)
+            images, keys, current = [], [], current + 1
+
+    def _numbered_samples(self, lo: int, hi: int) -> Iterator[tuple[int, dict]]:
+        """(image number, sample) for the numbers in [lo, hi), reading only the shards that hold them."""
+        if lo >= hi:
+            return
+        for s in range(bisect.bisect_right(self.starts, lo) - 1, len(self.urls)):
+            start, count, url = self.starts[s], self.counts[s], self.urls[s]
+            if start >= hi:
+                break
+            seen = 0
+            for k, sample in enumerate(iter_samples(url, lambda message: log.warning("bad data: %s", message))):
+                seen = k + 1
+                if k >= count:
+                    log.warning("%s has more samples than the %d its count says: ignoring the rest", url, count)
+                    break
+                if start + k >= hi:
+                    break
+                if start + k >= lo:
+                    yield start + k, sample
+            if seen < count and start + seen < hi:
+                log.warning("%s ends after %d of its %d samples", url, seen, count)
+
+    def _batch(self, index: int, images: list[np.ndarray], keys: list[str]) -> tuple[torch.Tensor, dict]:
+        """Batch number index of this rank, padded to batch_size with black images. meta["bad"] counts the images
+        this batch should have held but could not (undecodable, or missing from a short shard)."""
+        batch = torch.zeros(self.batch_size, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
+        if images:
+            batch[: len(images)] = stack_batch(images)
+        expected = max(0, min(self.batch_size, self.hi - self.lo - index * self.batch_size))
+        meta = {"valid": len(images), "bad": expected - len(images)}
+        if self.with_keys:
+            meta["keys"] = list(keys)
+        return batch, meta
+
+
+def validation_batches(stream: ValidationStream, num_workers: int = 0, device: Optional[torch.device] = None,
+                       multiprocessing_context: Optional[str] = None) -> Iterator[tuple[torch.Tensor, int]]:
+    """(float images in [-1, 1] on the device, valid count) for each of the rank's len(stream) batches."""
+    device = device or torch.device("cpu")
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
+    bad = 0
+    for images, meta in loader:
+        bad += int(meta["bad"])
+        yield to_model_range(images, device), int(meta["valid"])
+    if bad:
+        log.warning("validation: %d images skipped as bad data on rank %d", bad, stream.rank)

@@ -1,0 +1,1 @@
+"""Launchers: the edge where Ray meets the (Ray-free) training loop."""

@@ -1,0 +1,209 @@
+"""Bad data is skipped, counted and named, never a crash or a hang; a bad source is one line and exit status 2.
+
+The data set: shard 0 holds 10 good images plus a truncated JPEG, a text member and a 20 px image where 16 px are
+expected; shard 1 holds 10 good images; shard 2, the last, held 10 but was cut off in the middle of its 7th.
+"""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_module
+from distgan.data.codec import encode_image
+from distgan.data.shards import Manifest, shard_name, write_manifest, write_shard
+from distgan.data.sources import DataSourceError, resolve_source
+from distgan.data.stream import RealBatches, ShardStream
+from distgan.data.validation import ValidationStream
+from distgan.engine.loop import train
+
+SIZE = 16
+KEPT_FROM_TRUNCATED = 6  # shard 2 is cut inside its 7th member: 6 samples survive
+
+
+def good(prefix: str, n: int) -> list[dict]:
+    return [{"__key__": f"{prefix}{i:02d}", "png": encode_image(Image.new("RGB", (SIZE, SIZE), (i, 50, 90)), "png")}
+            for i in range(n)]
+
+
+def jpeg_bytes(size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((size, size), 60).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def cut_inside_member(path: Path, member_index: int) -> None:
+    """Truncate a tar in the middle of one member's data (as an interrupted copy leaves it)."""
+    with tarfile.open(path) as tar:
+        member = tar.getmembers()[member_index]
+    data = path.read_bytes()
+    path.write_bytes(data[: member.offset_data + member.size // 2])
+
+
+def write_bad_set(root: Path) -> Path:
+    mixed = good("a", 10) + [
+        {"__key__": "corrupt", "jpg": jpeg_bytes(SIZE)[:200]},  # a JPEG cut short
+        {"__key__": "notes", "txt": b"a member that is not an image"},
+        {"__key__": "toobig", "png": encode_image(Image.new("RGB", (20, 20)), "png")},
+    ]
+    counts = [write_shard(str(root), 0, mixed), write_shard(str(root), 1, good("b", 10)),
+              write_shard(str(root), 2, good("c", 10))]
+    cut_inside_member(root / shard_name(2), KEPT_FROM_TRUNCATED)
+    shards = [{"name": shard_name(i), "count": c} for i, c in enumerate(counts)]
+    write_manifest(str(root), Manifest(shards, sum(counts), SIZE, 3, "png"))
+    return root
+
+
+@pytest.fixture
+def bad_set(tmp_path) -> Path:
+    return write_bad_set(tmp_path / "bad")
+
+
+def warnings_naming(caplog, shard: str, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and shard in r.getMessage() and words in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+def test_one_pass_skips_counts_and_names_each_bad_case(bad_set, caplog):
+    urls, _ = resolve_source(str(bad_set))
+    stream = ShardStream(urls, 4, SIZE, resampled=False, shuffle_buffer=0, with_keys=True)
+    keys, last = [], None
+    for _, meta in stream:
+        keys += meta["keys"]
+        last = meta
+    expected = [f"a{i:02d}" for i in range(10)] + [f"b{i:02d}" for i in range(10)] + [
+        f"c{i:02d}" for i in range(KEPT_FROM_TRUNCATED)]
+    assert sorted(keys) == expected
+    assert last["bad"] == 4  # three bad samples, one truncated shard
+    assert warnings_naming(caplog, "shard-000000.tar", "corrupt")  # the cut JPEG
+    assert warnings_naming(caplog, "shard-000000.tar", "no image in sample")
+    assert warnings_naming(caplog, "shard-000000.tar", "image is 20x20, expected 16x16")
+    assert warnings_naming(caplog, "shard-000002.tar", f"truncated or corrupt shard after {KEPT_FROM_TRUNCATED}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage,message", [
+    ("cut", "no end-of-archive marker"),  # a copy that stopped between two members
+    ("garble", "header checksum mismatch"),  # a header overwritten
+])
+def test_shard_damaged_at_a_header_is_not_taken_for_whole(tmp_path, caplog, damage, message):
+    """tarfile's stream mode would end quietly at a missing or garbled header, and the shard would look whole."""
+    write_shard(str(tmp_path), 0, good("d", 10))
+    path = tmp_path / shard_name(0)
+    with tarfile.open(path) as tar:
+        at = tar.getmembers()[KEPT_FROM_TRUNCATED].offset  # the 7th member's header
+    data = path.read_bytes()
+    path.write_bytes(data[:at] if damage == "cut" else data[:at] + b"garbage!" + data[at + 8:])
+    stream = ShardStream([str(path)], 4, SIZE, resampled=False, shuffle_buffer=0)
+    assert sum(len(images) for images, _ in stream) == KEPT_FROM_TRUNCATED
+    assert stream.bad == 1
+    assert warnings_naming(caplog, "shard-000000.tar", message)
+
+
+@pytest.mark.timeout(60)
+def test_resumed_stream_counts_bad_data_once(bad_set):
+    """Replaying up to a resume position must not count the bad data it passes again."""
+    urls, _ = resolve_source(str(bad_set))
+
+    def batches(state=None):
+        return RealBatches(ShardStream(urls, 4, SIZE, shuffle_buffer=8, state=state), 0, torch.device("cpu"))
+
+    straight = batches()
+    for _ in range(15):  # 60 images: two passes over 26 good ones
+        straight()
+    first = batches()
+    for _ in range(6):  # 24 images: the reader, 8 samples ahead, has met all of epoch 0's bad data
+        first()
+    resumed = batches(first.state)
+    for _ in range(9):
+        resumed()
+    assert resumed.bad_samples == straight.bad_samples >= 8  # 4 per pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_count_bad_samples_across_loader_workers(bad_set, workers):
+    urls, _ = resolve_source(str(bad_set))
+    real = RealBatches(ShardStream(urls, 4, SIZE, num_workers=workers, shuffle_buffer=0), workers,
+                       torch.device("cpu"))
+    for _ in range(20):  # 80 images: every unit passes its shards at least once
+        assert real().shape == (4, 3, SIZE, SIZE)
+    assert real.bad_samples >= 4
+
+
+@pytest.mark.timeout(60)
+def test_validation_counts_what_is_missing_and_keeps_the_batch_count(bad_set, caplog):
+    stream = ValidationStream.from_source(str(bad_set), 8, SIZE, rank=1, world_size=2)
+    other = ValidationStream.from_source(str(bad_set), 8, SIZE, rank=0, world_size=2)
+    metas = [meta for _, meta in stream] + [meta for _, meta in other]
+    assert len(metas) == len(stream) + len(other) == 2 * 3  # 33 images by the manifest: 16 + 17, 3 batches each
+    assert sum(m["valid"] for m in metas) == 20 + KEPT_FROM_TRUNCATED
+    assert sum(m["bad"] for m in metas) == 3 + (10 - KEPT_FROM_TRUNCATED)
+    assert warnings_naming(caplog, "shard-000002.tar", f"ends after {KEPT_FROM_TRUNCATED} of its 10 samples")
+
+
+@pytest.mark.timeout(60)
+def test_unreadable_shard_url_is_skipped_and_named(bad_set, caplog):
+    urls, _ = resolve_source(str(bad_set))
+    gone = urls[1].replace("shard-000001", "shard-000099")
+    stream = ShardStream([urls[1], gone, "pipe:exit 3"], 4, SIZE, resampled=False, shuffle_buffer=0)
+    assert sum(len(images) for images, _ in stream) == 10
+    assert stream.bad == 2
+    assert warnings_naming(caplog, "shard-000099.tar", "cannot open")
+    assert warnings_naming(caplog, "pipe:exit 3", "")
+
+
+@pytest.mark.timeout(120)
+def test_bad_sample_count_reaches_tensorboard(bad_set, tiny_config, tmp_path):
+    cfg = tiny_config(f"data.source={bad_set}", "train.steps=2", "train.batch_size=8", "data.shuffle_buffer=0")
+    train(cfg, tmp_path / "run")
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    values = [e.value for e in acc.Scalars("data/bad_samples")]
+    assert values[-1] >= 1  # 2 steps x 2 critic batches x 8 = 32 images: past shard 0 or 2 at least once
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nothing_readable_ends_in_a_one_line_error_not_a_hang(tmp_path, workers):
+    for i in range(3):
+        write_shard(str(tmp_path), i, [{"__key__": f"x{j}", "txt": b"no image"} for j in range(3)])
+    urls = [str(tmp_path / shard_name(i)) for i in range(3)]
+    real = RealBatches(ShardStream(urls, 4, SIZE, num_workers=workers), workers, torch.device("cpu"))
+    message = ""
+    try:
+        real()
+    except DataSourceError as exc:  # not pytest.raises: its traceback would keep the loader's workers alive
+        message = str(exc)
+    assert message.startswith("rank 0 loader worker 0: no readable image") and "\n" not in message
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda root: root / "missing", "does not exist"),
+    (lambda root: root, "no manifest.json in"),
+    (lambda root: f"{root}/shard-{{000000..000002}}.tar", "3 of 3 shards missing"),
+    (lambda root: "nosuchprotocol://bucket/shards", "cannot read nosuchprotocol://bucket/shards"),
+])
+def test_bad_sources_are_one_line_errors(tmp_path, make, message):
+    with pytest.raises(DataSourceError, match=message) as info:
+        resolve_source(str(make(tmp_path)))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("source,message", [
+    ("{tmp}/missing", "error: data.source: {tmp}/missing does not exist"),
+    ("pipe:exit 1", "error: rank 0 loader worker 0: no readable image"),  # fails inside the loader, not up front
+])
+def test_train_command_exits_2_with_one_line(tmp_path, source, message):
+    source, message = source.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    result = run_module("distgan.train", "--config", "configs/demo.yaml", "run.mode=local", "train.device=cpu",
+                        f"data.source={source}", f"run.root={tmp_path}", "train.steps=2", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]

@@ -1,0 +1,183 @@
+"""Ray mode on a real 2-node Ray cluster on this machine (two `ray start` processes, 127.0.0.1 only).
+
+Ray's gRPC servers bind to every interface and `ray start` swaps 127.0.0.1 for the machine's address, so the
+cluster, its drivers and job submissions run inside a network namespace of their own that has only a loopback
+interface: no Ray traffic can leave 127.0.0.1 (where `ip netns` is unavailable, they run without it).
+One cluster for the whole module (starting one costs ~10 s, each TorchTrainer ~25 s). Every run goes through
+the real command line (`python -m distgan.train run.mode=ray ...` with RAY_ADDRESS, or `ray job submit`).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+
+RAY = str(Path(sys.executable).parent / "ray")
+# The nodes run with this environment's bin/ first on PATH, as after `source .venv/bin/activate`: a job's
+# `python` is then the one with distgan's dependencies.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_namespace():
+    """(command prefix, cleanup) for a fresh network namespace with only 'lo' up; ([], None) if unavailable."""
+    name = f"distgan-test-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True)
+    if made.returncode != 0:
+        return [], None
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    return ["ip", "netns", "exec", name], lambda: subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node and a second node, each with 2 CPUs, both on 127.0.0.1."""
+    temp = tmp_path_factory.mktemp("ray")
+    prefix, cleanup = loopback_namespace()
+    if not prefix:
+        import warnings
+
+        warnings.warn("no network namespace here: Ray binds to all interfaces for this test module")
+    port, dashboard = 6379, 8265  # free inside the fresh namespace
+    if not prefix:
+        port, dashboard = free_port(), free_port()
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
+    subprocess.run([*prefix, RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp}", *common],
+                   check=True, env=ENV, capture_output=True, timeout=180)
+    try:
+        subprocess.run([*prefix, RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, env=ENV,
+                       capture_output=True, timeout=180)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "prefix": prefix}
+    finally:
+        subprocess.run([*prefix, RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        if cleanup:
+            cleanup()
+
+
+def overrides(root: Path, cache: str, name: str, *extra: str) -> list[str]:
+    return [
+        "--config", "configs/demo.yaml", "run.mode=ray", f"run.root={root}", f"run.name={name}",
+        "model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", f"data.cache_dir={cache}",
+        "data.shuffle_buffer=64", "train.batch_size=16", "train.n_critic=2", "train.device=cpu",
+        "log.every=5", "log.sample_every=20", "log.checkpoint_every=10", "log.progress=false",
+        "ray.num_workers=2", *extra,
+    ]
+
+
+def start_train(cluster, args, log_path: Path) -> subprocess.Popen:
+    env = {**ENV, "RAY_ADDRESS": cluster["address"]}
+    return subprocess.Popen([*cluster["prefix"], sys.executable, "-m", "distgan.train", *args], cwd=ROOT, env=env,
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log_path: Path, timeout: float = 420) -> str:
+    proc.wait(timeout=timeout)
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").exists())
+
+
+def logged_steps(run_dir: Path, tag: str = "loss/critic") -> list[int]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_nodes_strict_spread(cluster, tmp_path, demo_cache):
+    log = tmp_path / "log.txt"
+    args = overrides(tmp_path / "shared", demo_cache, "spread", "train.steps=20", "ray.placement_strategy=STRICT_SPREAD",
+                     "data.record_keys=true")
+    finish(start_train(cluster, args, log), log)
+    run_dir = tmp_path / "shared" / "spread"
+    workers = [json.loads((run_dir / "workers" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert workers[0]["node_id"] != workers[1]["node_id"], "STRICT_SPREAD put both workers on one node"
+    assert checkpoints(run_dir) == [10, 20]
+    assert logged_steps(run_dir) == [5, 10, 15, 20]
+    keys = [(run_dir / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
+    # 20 steps x 2 critic batches x 8 images per rank = 320 per rank, within one 256-image-per-rank epoch...
+    assert len(keys[0]) == len(keys[1]) == 20 * 2 * 8
+    first_epoch = [k[:256] for k in keys]  # each rank's first epoch: 512 images / 2 ranks
+    assert not set(first_epoch[0]) & set(first_epoch[1]), "ranks read the same samples"
+    assert len(set(first_epoch[0]) | set(first_epoch[1])) == 512
+
+
+def test_job_submit(cluster, tmp_path, demo_cache):
+    args = overrides(tmp_path / "shared", demo_cache, "job", "train.steps=10")
+    result = subprocess.run(
+        [*cluster["prefix"], RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".", "--",
+         "python", "-m", "distgan.train", *args],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "succeeded" in (result.stdout + result.stderr).lower()
+    run_dir = tmp_path / "shared" / "job"
+    assert checkpoints(run_dir) == [10]
+    assert logged_steps(run_dir) == [5, 10]
+    assert list((run_dir / "samples").glob("step-*.png"))
+
+
+def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
+    log = tmp_path / "log.txt"
+    steps = 120
+    args = overrides(tmp_path / "shared", demo_cache, "fault", f"train.steps={steps}", "ray.max_failures=1")
+    proc = start_train(cluster, args, log)
+    run_dir = tmp_path / "shared" / "fault"
+    wait_for(lambda: checkpoints(run_dir), 300, "a first checkpoint")
+    info = json.loads((run_dir / "workers" / "rank-1.json").read_text())
+    os.kill(info["pid"], signal.SIGKILL)  # the real worker process, found by its PID
+    killed_after = max(checkpoints(run_dir))
+    text = finish(proc, log)
+    assert max(checkpoints(run_dir)) == steps
+    new_pid = json.loads((run_dir / "workers" / "rank-1.json").read_text())["pid"]
+    assert new_pid != info["pid"], "the run was not restarted"
+    assert "resumed from step" in text
+    steps_logged = logged_steps(run_dir)
+    assert steps_logged == list(range(5, steps + 1, 5)), f"gap or repeat in the TensorBoard step axis: {steps_logged}"
+    assert killed_after < steps
+
+
+def test_sigterm_checkpoints_and_rerun_resumes(cluster, tmp_path, demo_cache):
+    log = tmp_path / "log.txt"
+    args = overrides(tmp_path / "shared", demo_cache, "preempt", "train.steps=400", "log.checkpoint_every=1000")
+    proc = start_train(cluster, args, log)
+    run_dir = tmp_path / "shared" / "preempt"
+    wait_for(lambda: (run_dir / "tensorboard").exists() and logged_steps(run_dir), 300, "training to start")
+    proc.send_signal(signal.SIGTERM)
+    finish(proc, log)
+    stopped_at = checkpoints(run_dir)
+    assert len(stopped_at) == 1 and 0 < stopped_at[0] < 400, stopped_at  # only the final checkpoint of SIGTERM
+
+    log2 = tmp_path / "log2.txt"
+    args = overrides(tmp_path / "shared", demo_cache, "preempt", f"train.steps={stopped_at[0] + 10}",
+                     "log.checkpoint_every=1000")
+    text = finish(start_train(cluster, args, log2), log2)
+    assert f"resumed from step {stopped_at[0]}" in text
+    assert max(checkpoints(run_dir)) == stopped_at[0] + 10
