@@ -21,5 +21,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+bench: setup  # the data loader benchmark (docs/data.md)
+	$(BIN)/python benchmarks/loader.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) runs

@@ -169,6 +169,8 @@ def validate(cfg: Config) -> None:
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
     need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
     need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
+    need(r.mode == "ray" or "://" not in r.root, "run.root",
+         f"{r.root} is a URL: run.mode=local writes to a local path (run.mode=ray takes URLs)")
     need(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")

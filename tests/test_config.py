@@ -1,5 +1,7 @@
 """Configs load; user mistakes end with one line naming the key and exit status 2, never a traceback."""
 
+import re
+
 import pytest
 
 from conftest import ROOT, run_module
@@ -36,6 +38,9 @@ BAD = [
     (["model.critic_dropout=1.5"], "model.critic_dropout"),
     (["run.mode=cluster"], "run.mode"),
     (["train.steps"], "train.steps"),  # not key=value
+    (["ray.num_workers=3"], "train.batch_size"),  # the global batch of 64 does not split over 3 workers
+    (["ray.placement_strategy=ANYWHERE"], "ray.placement_strategy"),
+    (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
 ]
 
 
@@ -52,10 +57,14 @@ def test_bad_values_raise_config_error_naming_the_key(overrides, key):
     (["model.image_size=48"], "model.image_size"),
     (["--config", "configs/missing.yaml"], "configs/missing.yaml"),
     (["data.source=/nonexistent/shards"], "data.source"),
+    # more workers than the local Ray cluster this machine can start: refused, not an endless wait for resources
+    (["ray.num_workers=64", "model.image_size=16", "data.demo_images=64"], "ray.num_workers"),
 ])
 def test_cli_exits_2_with_one_line(args, key, tmp_path):
-    result = run_module("distgan.train", *args, f"run.root={tmp_path}", timeout=120)
+    result = run_module("distgan.train", *args, f"run.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",
+                        timeout=120, env={"RAY_ADDRESS": ""})
     assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.splitlines() if not " INFO " in l]
+    # log records (a date first: Ray starting a local cluster, distgan's INFO lines) are not the error
+    lines = [l for l in result.stderr.splitlines() if l.strip() and not re.match(r"\d{4}-\d\d-\d\d[ T]", l)]
     assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:"), result.stderr
     assert "Traceback" not in result.stderr

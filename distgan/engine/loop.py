@@ -94,11 +94,14 @@ def train(
     device: Optional[torch.device] = None,
     local_rank: int = 0,
     stop_check: Optional[Callable[[], bool]] = None,
+    publish: Optional[Callable[[], None]] = None,
 ) -> TrainState:
     """Train until train.steps generator updates, resuming from the store's newest checkpoint.
 
     stop_check: asked on every rank at each log step (a launcher's preemption notice, a stop file); when any rank
     or a SIGTERM/Ctrl-C says stop, every rank writes the checkpoint and returns.
+    publish: called on rank 0 after new TensorBoard events or sample grids were written (copies them from a local
+    staging folder to object storage, distgan.engine.run_folder).
     """
     dist = dist or Dist(sync_grads=cfg.train.sync_grads)
     run_dir = Path(run_dir)
@@ -179,6 +182,8 @@ def train(
                 logger.images(step, images)
                 save_image(grid(images), run_dir / "samples" / f"step-{step:08d}.png")
 
+            if logger and publish and values:
+                publish()
             if step % lg.checkpoint_every == 0 or last or stopping:
                 checkpoint_now(values)
             if stopping:
@@ -188,4 +193,6 @@ def train(
 
     if logger:
         logger.close()
+        if publish:
+            publish()
     return state

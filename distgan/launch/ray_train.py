@@ -18,6 +18,7 @@ import torch
 
 from distgan.config import Config, from_dict, to_dict
 from distgan.engine.distributed import Dist
+from distgan.engine.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,16 @@ def storage_path(cfg: Config) -> str:
     return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
-def describe_worker(run_dir: Path, rank: int) -> None:
-    """run_dir/workers/rank-N.json: where each rank runs (node, pid), for operators and the fault test."""
+def describe_worker(folder: RunFolder, rank: int) -> None:
+    """workers/rank-N.json in the run folder: where each rank runs (node, pid), for operators and the fault test."""
     import json
     import socket
 
     import ray
 
-    folder = run_dir / "workers"
-    folder.mkdir(parents=True, exist_ok=True)
     info = {"rank": rank, "pid": os.getpid(), "hostname": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id()}
-    (folder / f"rank-{rank}.json").write_text(json.dumps(info))
+    folder.write_text(f"workers/rank-{rank}.json", json.dumps(info))
 
 
 def worker_main(config: dict[str, Any]) -> None:
@@ -88,15 +87,29 @@ def worker_main(config: dict[str, Any]) -> None:
     dist = Dist.from_process_group(cfg.train.sync_grads)
     assert dist.world_size == cfg.ray.num_workers, (dist.world_size, cfg.ray.num_workers)
     device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
-    run_dir = Path(run_dir_of(cfg))
-    stop_file = run_dir / STOP_FILE
-    describe_worker(run_dir, dist.rank)
+    folder = RunFolder(run_dir_of(cfg))  # TensorBoard and samples: in place, or staged and copied to s3:// etc.
+    describe_worker(folder, dist.rank)
 
     def stop_check() -> bool:
         # every rank calls get_preemption_info the same number of times: it is a barrier
-        return ray.train.get_preemption_info() is not None or stop_file.exists()
+        return ray.train.get_preemption_info() is not None or folder.exists(STOP_FILE)
 
-    train(cfg, run_dir, dist=dist, store=RayCheckpoints(dist), device=device, stop_check=stop_check)
+    try:
+        train(cfg, folder.local, dist=dist, store=RayCheckpoints(dist), device=device, stop_check=stop_check,
+              publish=folder.sync)
+    finally:
+        folder.close()
+
+
+def check_fits(per_worker: dict[str, float], workers: int, available: dict[str, float]) -> None:
+    """A local cluster never grows: a run it cannot hold would wait for resources forever, so refuse it."""
+    from distgan.cli import UserError
+
+    for name, amount in per_worker.items():
+        if amount * workers > available.get(name, 0):
+            key = "ray.cpus_per_worker" if name == "CPU" else "ray.use_gpu"
+            raise UserError(f"ray.num_workers={workers} x {key} needs {amount * workers:g} {name}, this machine's "
+                            f"local Ray cluster has {available.get(name, 0):g} (lower them, or give ray.address)")
 
 
 def run_ray(cfg: Config) -> str:
@@ -105,18 +118,26 @@ def run_ray(cfg: Config) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    folder = RunFolder(run_dir_of(cfg))
+    try:  # storage every worker must write to: find out now, in one line, rather than from N tracebacks
+        folder.remove(STOP_FILE)
+        folder.write_text(".distgan", "run folder\n")
+    except Exception as exc:
+        from distgan.cli import UserError
+        from distgan.data.sources import first_line
+
+        raise UserError(f"run.root: cannot write to {folder.location}: {first_line(exc)}") from None
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = 1
+
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True)
         else:  # a private local cluster, listening on loopback only
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
-    run_dir = Path(run_dir_of(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        resources["GPU"] = 1
+            check_fits(resources, cfg.ray.num_workers, ray.cluster_resources())
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={"config": to_dict(cfg)},
@@ -137,7 +158,7 @@ def run_ray(cfg: Config) -> str:
 
     def on_sigterm(signum, frame):  # preemption of the driver: ask the workers for a final checkpoint
         log.warning("SIGTERM: asking the workers to checkpoint and stop")
-        (run_dir / STOP_FILE).touch()
+        folder.write_text(STOP_FILE, "SIGTERM\n")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -147,4 +168,4 @@ def run_ray(cfg: Config) -> str:
     if result.error:
         raise result.error
     log.info("finished: %s", result.metrics)
-    return str(run_dir)
+    return folder.location

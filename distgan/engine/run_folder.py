@@ -1,0 +1,82 @@
+"""A run's folder (run.root/run.name) on a local/NFS path or on object storage (s3://, gs://, any fsspec URL).
+
+TensorBoard's writer and the PNG writer want a local file. For a URL they write into a local staging folder and
+sync() copies what is new or changed up to the URL; for a path they write in place and sync() does nothing.
+Small control files (which worker runs where, the stop request) go straight through fsspec either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+log = logging.getLogger(__name__)
+
+
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+class RunFolder:
+    def __init__(self, location: str):
+        self.location = location
+        self.fs, self.root = fsspec.core.url_to_fs(location)
+        self.remote = is_url(location)
+        self._local = None if self.remote else Path(self.root)
+        self._uploaded: dict[Path, tuple[int, int]] = {}
+
+    @property
+    def local(self) -> Path:
+        """Where this process writes files: the run folder itself, or a staging folder for a URL."""
+        if self._local is None:
+            self._local = Path(tempfile.mkdtemp(prefix="distgan-run-"))
+        return self._local
+
+    def close(self) -> None:
+        """Final sync; a staging folder is then deleted."""
+        self.sync()
+        if self.remote and self._local is not None:
+            shutil.rmtree(self._local, ignore_errors=True)
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def write_text(self, name: str, text: str) -> None:
+        if not self.remote:
+            self.fs.makedirs(self.path(name).rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(self.path(name), "w") as f:
+            f.write(text)
+
+    def read_text(self, name: str) -> str:
+        with self.fs.open(self.path(name), "r") as f:
+            return f.read()
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
+    def remove(self, name: str) -> None:
+        if self.fs.exists(self.path(name)):
+            self.fs.rm(self.path(name))
+
+    def sync(self) -> None:
+        """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again)."""
+        if not self.remote or self._local is None:
+            return
+        for file in sorted(self.local.rglob("*")):
+            if not file.is_file():
+                continue
+            stat = file.stat()
+            signature = (stat.st_size, stat.st_mtime_ns)
+            if self._uploaded.get(file) == signature:
+                continue
+            target = self.path(file.relative_to(self.local).as_posix())
+            try:
+                self.fs.put_file(str(file), target)
+            except Exception as exc:  # a storage hiccup must not kill training: the next sync retries
+                log.warning("could not copy %s to %s: %s", file.name, target, exc)
+                continue
+            self._uploaded[file] = signature
