@@ -20,12 +20,17 @@ from distgan.models import build_models
 
 
 def find_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or the newest in a run folder (local mode: checkpoints/ckpt-*.pt; Ray mode:
+    checkpoint_*/checkpoint.pt) or in a checkpoints/ folder."""
     if path.is_file():
         return path
     for folder in (path, path / "checkpoints"):
         found = latest_checkpoint(folder)
         if found:
             return found
+    ray_checkpoints = sorted(path.glob("checkpoint_*/checkpoint.pt"))  # zero-padded step: name order is step order
+    if ray_checkpoints:
+        return ray_checkpoints[-1]
     raise UserError(f"no checkpoint at {path}")
 
 

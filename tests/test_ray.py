@@ -80,9 +80,9 @@ def cluster(tmp_path_factory):
             cleanup()
 
 
-def overrides(root: Path, cache: str, name: str, *extra: str) -> list[str]:
+def overrides(root: Path | str, cache: str, name: str, *extra: str) -> list[str]:
     return [
-        "--config", "configs/demo.yaml", "run.mode=ray", f"run.root={root}", f"run.name={name}",
+        "--config", str(ROOT / "configs" / "demo.yaml"), "run.mode=ray", f"run.root={root}", f"run.name={name}",
         "model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", f"data.cache_dir={cache}",
         "data.shuffle_buffer=64", "train.batch_size=16", "train.n_critic=2", "train.device=cpu",
         "log.every=5", "log.sample_every=20", "log.checkpoint_every=10", "log.progress=false",
@@ -90,9 +90,9 @@ def overrides(root: Path, cache: str, name: str, *extra: str) -> list[str]:
     ]
 
 
-def start_train(cluster, args, log_path: Path) -> subprocess.Popen:
+def start_train(cluster, args, log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
     env = {**ENV, "RAY_ADDRESS": cluster["address"]}
-    return subprocess.Popen([*cluster["prefix"], sys.executable, "-m", "distgan.train", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([*cluster["prefix"], sys.executable, "-m", "distgan.train", *args], cwd=cwd, env=env,
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
@@ -139,9 +139,10 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_two_nodes_strict_spread(cluster, tmp_path, demo_cache):
     log = tmp_path / "log.txt"
-    args = overrides(tmp_path / "shared", demo_cache, "spread", "train.steps=20", "ray.placement_strategy=STRICT_SPREAD",
+    # run.root relative to where the command runs (the workers run elsewhere: the driver makes it absolute)
+    args = overrides("shared", demo_cache, "spread", "train.steps=20", "ray.placement_strategy=STRICT_SPREAD",
                      "data.record_keys=true")
-    finish(start_train(cluster, args, log), log)
+    finish(start_train(cluster, args, log, cwd=tmp_path), log)
     run_dir = tmp_path / "shared" / "spread"
     workers = [json.loads((run_dir / "workers" / f"rank-{r}.json").read_text()) for r in range(2)]
     assert workers[0]["node_id"] != workers[1]["node_id"], "STRICT_SPREAD put both workers on one node"
@@ -167,6 +168,11 @@ def test_job_submit(cluster, tmp_path, demo_cache):
     assert checkpoints(run_dir) == [10]
     assert logged_steps(run_dir) == [5, 10]
     assert list((run_dir / "samples").glob("step-*.png"))
+    # the sampler finds the newest Ray Train checkpoint from the run folder
+    sampled = subprocess.run([sys.executable, "-m", "distgan.sample", str(run_dir), "--out", str(tmp_path / "s"),
+                              "--num", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert sampled.returncode == 0, sampled.stderr
+    assert len(list((tmp_path / "s").glob("*.png"))) == 4  # the grid and 3 images
 
 
 def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):

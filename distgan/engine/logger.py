@@ -12,6 +12,13 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 
+def say(line: str) -> None:
+    """A progress line on stdout. Not print(): inside a Ray Train worker print is patched to go through logging
+    and also teed to stdout, which shows every line twice on the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class RunLogger:
     """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
 
@@ -43,7 +50,7 @@ class RunLogger:
             self.bar.n = step
             self.bar.set_postfix_str(text)
         else:
-            print(f"step {step}/{total} {text}", flush=True)
+            say(f"step {step}/{total} {text}")
 
     def close(self) -> None:
         if self.bar is not None:

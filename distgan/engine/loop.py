@@ -2,8 +2,10 @@
 
 Run directory layout (run.root/run.name):
     checkpoints/ckpt-<step>.pt   full state: models, optimizers, EMA, counters, RNGs, data position, config
+                                 (local mode; Ray mode: checkpoint_<step>/checkpoint.pt, written by Ray Train)
     tensorboard/                 event files
     samples/step-<step>.png      fixed-latent grids from the EMA generator
+    data-keys/rank-<r>.txt       with data.record_keys: the sample keys each rank trained on
 Where checkpoints live and how they are found is the CheckpointStore's business, so a launcher (Ray) can swap
 it without touching the loop.
 """
@@ -24,7 +26,7 @@ from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.engine.distributed import Dist
-from distgan.engine.logger import RunLogger, grid
+from distgan.engine.logger import RunLogger, grid, say
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 
@@ -120,7 +122,7 @@ def train(
         elif dist.is_main:
             log.warning("checkpoint has %d ranks, run has %d: data streams restart", len(ranks), dist.world_size)
         if dist.is_main:
-            print(f"resumed from step {state.step}", flush=True)
+            say(f"resumed from step {state.step}")
 
     stream = ShardStream(
         resolve_shards(cfg), local_batch, cfg.model.image_size, cfg.model.channels, dist.rank, dist.world_size,

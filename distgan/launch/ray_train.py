@@ -82,7 +82,8 @@ def worker_main(config: dict[str, Any]) -> None:
 
     from distgan.engine.loop import train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
+    logging.getLogger("distgan").setLevel(logging.INFO)
     cfg = from_dict(config["config"])
     dist = Dist.from_process_group(cfg.train.sync_grads)
     assert dist.world_size == cfg.ray.num_workers, (dist.world_size, cfg.ray.num_workers)
@@ -112,8 +113,20 @@ def check_fits(per_worker: dict[str, float], workers: int, available: dict[str, 
                             f"local Ray cluster has {available.get(name, 0):g} (lower them, or give ray.address)")
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """Relative paths mean the driver's working directory; Ray workers run in folders of their own."""
+    cfg = from_dict(to_dict(cfg))
+    cfg.run.root = storage_path(cfg)
+    source = cfg.data.source
+    if source != "demo" and "://" not in source and not source.startswith("pipe:"):
+        cfg.data.source = str(Path(source).expanduser().absolute())
+    return cfg
+
+
 def run_ray(cfg: Config) -> str:
     """The driver: join (or start) a cluster, fit a TorchTrainer, return the run directory."""
+    given_root = cfg.run.root
+    cfg = with_absolute_paths(cfg)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -132,11 +145,15 @@ def run_ray(cfg: Config) -> str:
         resources["GPU"] = 1
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address and not Path(given_root).expanduser().is_absolute() and "://" not in given_root:
+        log.warning("run.root=%s is relative: on a cluster give a shared absolute path or a URL (now %s)",
+                    given_root, cfg.run.root)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True)
-        else:  # a private local cluster, listening on loopback only
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        else:  # a private local cluster, listening on loopback only; the dashboard serves Ray Train's state API
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+                     log_to_driver=True)
             check_fits(resources, cfg.ray.num_workers, ray.cluster_resources())
     trainer = TorchTrainer(
         worker_main,
