@@ -56,8 +56,7 @@ class TrainConfig:
     fresh_real_per_critic_step: bool = True  # paper's Algorithm 1; False reuses one real batch (Keras version)
     ema_decay: float = 0.999  # generator EMA; 0 disables averaging (EMA equals G)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    sync_grads: bool = True  # all-reduce gradients over ranks; off only to prove the equivalence test can fail
+    device: str = "auto"  # auto | cpu | cuda; in Ray mode ray.use_gpu decides, and cpu/cuda must agree with it
 
 
 @dataclass
@@ -171,6 +170,8 @@ def validate(cfg: Config) -> None:
     need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
     need(r.mode == "ray" or "://" not in r.root, "run.root",
          f"{r.root} is a URL: run.mode=local writes to a local path (run.mode=ray takes URLs)")
+    need(r.mode == "local" or t.device == "auto" or (t.device == "cuda") == ray.use_gpu, "train.device",
+         f"train.device={t.device} contradicts ray.use_gpu={str(ray.use_gpu).lower()} (Ray mode: set ray.use_gpu)")
     need(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")

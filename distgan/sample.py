@@ -1,13 +1,16 @@
 """python -m distgan.sample CHECKPOINT --out DIR [--num 64] [--grid 64] [--seed 0] [--raw-generator]
 
 Writes DIR/grid.png and DIR/000000.png ... from the EMA generator (or the raw one) of a checkpoint.
-CHECKPOINT is a ckpt-*.pt file, a checkpoints/ folder or a run directory (the newest checkpoint is used).
+CHECKPOINT is a checkpoint file (ckpt-*.pt, or Ray mode's checkpoint_*/checkpoint.pt), a checkpoints/ folder
+or a run directory of either mode (the newest checkpoint is used).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torchvision.utils import save_image
@@ -28,21 +31,40 @@ def find_checkpoint(path: Path) -> Path:
         found = latest_checkpoint(folder)
         if found:
             return found
-    ray_checkpoints = sorted(path.glob("checkpoint_*/checkpoint.pt"))  # zero-padded step: name order is step order
-    if ray_checkpoints:
-        return ray_checkpoints[-1]
+    ray_checkpoint = latest_ray_checkpoint(path)
+    if ray_checkpoint:
+        return ray_checkpoint
     raise UserError(f"no checkpoint at {path}")
+
+
+def latest_ray_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest checkpoint Ray Train registered (a folder written by a worker that died before the controller
+    recorded it may be incomplete); the newest folder when there is no record."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    names = []
+    if snapshot.exists():
+        try:
+            names = [r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+        except (ValueError, KeyError, TypeError):
+            names = []
+    if not names:
+        names = [p.parent.name for p in run_dir.glob("checkpoint_*/checkpoint.pt")]
+    found = sorted(n for n in names if (run_dir / n / "checkpoint.pt").exists())  # zero-padded: name order = step
+    return run_dir / found[-1] / "checkpoint.pt" if found else None
 
 
 def load_generator(path: Path, ema: bool = True, device: str = "cpu") -> torch.nn.Module:
     try:
-        ckpt = load_checkpoint(path, map_location=device)
+        ckpt = load_checkpoint(path, map_location="cpu")  # optimizers and the critic stay off the GPU
         cfg = from_dict(ckpt["config"])
     except Exception as exc:
         raise UserError(f"{path} is not a distgan checkpoint: {str(exc).splitlines()[0] if str(exc) else exc}")
     G, _ = build_models(cfg.model)
     weights = ckpt["state"]["G_ema" if ema else "G"]
-    G.load_state_dict(weights, strict=False)  # SyncBatchNorm2d and BatchNorm2d share one state layout
+    try:
+        G.load_state_dict(weights)  # SyncBatchNorm2d and BatchNorm2d share one state layout
+    except RuntimeError as exc:
+        raise UserError(f"{path}: generator weights do not fit its config: {str(exc).splitlines()[0]}") from None
     return G.to(device).eval()
 
 

@@ -41,6 +41,7 @@ BAD = [
     (["ray.num_workers=3"], "train.batch_size"),  # the global batch of 64 does not split over 3 workers
     (["ray.placement_strategy=ANYWHERE"], "ray.placement_strategy"),
     (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
+    (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
 ]
 
 

@@ -31,11 +31,11 @@ class Dist:
         return self.world_size > 1
 
     @staticmethod
-    def from_process_group(sync_grads: bool = True) -> "Dist":
+    def from_process_group() -> "Dist":
         """Rank and world size of the initialized default process group (one process: rank 0 of 1)."""
         if torch_dist.is_available() and torch_dist.is_initialized():
-            return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), sync_grads)
-        return Dist(0, 1, sync_grads)
+            return Dist(torch_dist.get_rank(), torch_dist.get_world_size())
+        return Dist(0, 1)
 
     def average_grads(self, module: nn.Module) -> None:
         """Replace every gradient by its mean over ranks: one all-reduce of a flat buffer per network."""

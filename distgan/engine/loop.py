@@ -96,16 +96,20 @@ def train(
     device: Optional[torch.device] = None,
     local_rank: int = 0,
     stop_check: Optional[Callable[[], bool]] = None,
+    preempt_check: Optional[Callable[[], bool]] = None,
     publish: Optional[Callable[[], None]] = None,
 ) -> TrainState:
     """Train until train.steps generator updates, resuming from the store's newest checkpoint.
 
-    stop_check: asked on every rank at each log step (a launcher's preemption notice, a stop file); when any rank
-    or a SIGTERM/Ctrl-C says stop, every rank writes the checkpoint and returns.
+    stop_check: asked on every rank at each log step (a stop file); when any rank, or a SIGTERM/Ctrl-C, says
+    stop, every rank writes the checkpoint and returns.
+    preempt_check: asked on every rank at each log step (Ray's notice that a node will be reclaimed; every rank
+    gets the same answer). The first time it says yes, a checkpoint is written at once and training goes on: the
+    launcher restarts the run from that checkpoint when the node is gone. Returning early would end the run.
     publish: called on rank 0 after new TensorBoard events or sample grids were written (copies them from a local
     staging folder to object storage, distgan.engine.run_folder).
     """
-    dist = dist or Dist(sync_grads=cfg.train.sync_grads)
+    dist = dist or Dist()
     run_dir = Path(run_dir)
     device = device or pick_device(cfg.train.device, local_rank)
     store = store or LocalCheckpoints(run_dir, cfg.log.keep_checkpoints, dist)
@@ -142,6 +146,7 @@ def train(
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     sums: dict[str, torch.Tensor] = {}
     steps_since, tick = 0, time.perf_counter()
+    saved_on_preemption = False
 
     def checkpoint_now(metrics: dict[str, float]) -> None:
         state.data_state = real.state
@@ -157,9 +162,10 @@ def train(
                 sums[k] = sums.get(k, 0) + v
             steps_since += 1
             step, last = state.step, state.step == t.steps
-            stopping = False
+            stopping = preempted = False
             if step % lg.every == 0:  # agreeing on a stop costs an all-reduce: only at log steps
-                wants = stop.requested or bool(stop_check and stop_check())
+                preempted = bool(preempt_check and preempt_check()) and not saved_on_preemption
+                wants = bool(stop_check and stop_check()) or stop.requested  # stop_check first: it may be a barrier
                 stopping = dist.sum_int(int(wants), device) > 0
 
             values: dict[str, float] = {}
@@ -186,8 +192,12 @@ def train(
 
             if logger and publish and values:
                 publish()
-            if step % lg.checkpoint_every == 0 or last or stopping:
+            if step % lg.checkpoint_every == 0 or last or stopping or preempted:
                 checkpoint_now(values)
+            if preempted:
+                saved_on_preemption = True
+                if dist.is_main:
+                    log.warning("preemption notice: checkpoint written at step %d, training on", step)
             if stopping:
                 if dist.is_main:
                     log.warning("stopped at step %d with a checkpoint", step)

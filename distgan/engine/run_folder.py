@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import fsspec
@@ -28,6 +30,8 @@ class RunFolder:
         self.remote = is_url(location)
         self._local = None if self.remote else Path(self.root)
         self._uploaded: dict[Path, tuple[int, int]] = {}
+        self._uploader: threading.Thread | None = None
+        self._last_sync = 0.0
 
     @property
     def local(self) -> Path:
@@ -36,8 +40,22 @@ class RunFolder:
             self._local = Path(tempfile.mkdtemp(prefix="distgan-run-"))
         return self._local
 
+    def sync_soon(self, min_interval_s: float = 30.0) -> None:
+        """sync() in a background thread, so that rank 0 (and with it every rank) does not wait for the upload;
+        skipped while one runs or within min_interval_s of the last: the next call, or close(), catches up."""
+        if not self.remote or self._local is None:
+            return
+        busy = self._uploader is not None and self._uploader.is_alive()
+        if busy or time.monotonic() - self._last_sync < min_interval_s:
+            return
+        self._last_sync = time.monotonic()
+        self._uploader = threading.Thread(target=self.sync, name="run-folder-sync", daemon=True)
+        self._uploader.start()
+
     def close(self) -> None:
         """Final sync; a staging folder is then deleted."""
+        if self._uploader is not None:
+            self._uploader.join()
         self.sync()
         if self.remote and self._local is not None:
             shutil.rmtree(self._local, ignore_errors=True)
@@ -63,7 +81,8 @@ class RunFolder:
             self.fs.rm(self.path(name))
 
     def sync(self) -> None:
-        """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again)."""
+        """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again; one
+        caught mid-write is sent whole next time, and TensorBoard reads a file up to its last complete record)."""
         if not self.remote or self._local is None:
             return
         for file in sorted(self.local.rglob("*")):

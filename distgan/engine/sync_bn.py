@@ -24,7 +24,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean.pow(2)  # biased, as BatchNorm normalizes with
+        var = (stats[c : 2 * c] / n - mean.pow(2)).clamp_min(0)  # biased, as BatchNorm normalizes with; >= 0
+        # despite rounding (E[x^2] - E[x]^2 can dip below 0 when the spread is tiny next to the mean)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum

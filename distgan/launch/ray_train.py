@@ -23,7 +23,8 @@ from distgan.engine.run_folder import RunFolder
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM
+STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM or Ctrl-C
+JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the entrypoint of a `ray job submit` job
 
 
 class RayCheckpoints:
@@ -60,7 +61,7 @@ def run_dir_of(cfg: Config) -> str:
 
 def storage_path(cfg: Config) -> str:
     root = cfg.run.root
-    return root if "://" in root else str(Path(root).expanduser().resolve())
+    return root if "://" in root else str(Path(root).expanduser().absolute())
 
 
 def describe_worker(folder: RunFolder, rank: int) -> None:
@@ -85,19 +86,29 @@ def worker_main(config: dict[str, Any]) -> None:
     # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
     logging.getLogger("distgan").setLevel(logging.INFO)
     cfg = from_dict(config["config"])
-    dist = Dist.from_process_group(cfg.train.sync_grads)
+    dist = Dist.from_process_group()
     assert dist.world_size == cfg.ray.num_workers, (dist.world_size, cfg.ray.num_workers)
     device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
     folder = RunFolder(run_dir_of(cfg))  # TensorBoard and samples: in place, or staged and copied to s3:// etc.
     describe_worker(folder, dist.rank)
 
     def stop_check() -> bool:
-        # every rank calls get_preemption_info the same number of times: it is a barrier
-        return ray.train.get_preemption_info() is not None or folder.exists(STOP_FILE)
+        """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
+        hiccup here must not kill a worker."""
+        if not dist.is_main:
+            return False
+        try:
+            return folder.exists(STOP_FILE)
+        except Exception as exc:
+            log.warning("could not check %s: %s", STOP_FILE, exc)
+            return False
+
+    def preempt_check() -> bool:
+        return ray.train.get_preemption_info() is not None  # a barrier: the loop calls it on every rank alike
 
     try:
         train(cfg, folder.local, dist=dist, store=RayCheckpoints(dist), device=device, stop_check=stop_check,
-              publish=folder.sync)
+              preempt_check=preempt_check, publish=folder.sync_soon)
     finally:
         folder.close()
 
@@ -125,7 +136,11 @@ def with_absolute_paths(cfg: Config) -> Config:
 
 def run_ray(cfg: Config) -> str:
     """The driver: join (or start) a cluster, fit a TorchTrainer, return the run directory."""
-    given_root = cfg.run.root
+    if os.environ.get(JOB_MARKER) and "://" not in cfg.run.root and not Path(cfg.run.root).expanduser().is_absolute():
+        from distgan.cli import UserError
+
+        raise UserError(f"run.root={cfg.run.root} is relative, and a `ray job submit` job runs in Ray's temporary "
+                        f"copy of the working directory: give a shared absolute path or a URL (s3://, gs://)")
     cfg = with_absolute_paths(cfg)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -145,9 +160,6 @@ def run_ray(cfg: Config) -> str:
         resources["GPU"] = 1
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    if address and not Path(given_root).expanduser().is_absolute() and "://" not in given_root:
-        log.warning("run.root=%s is relative: on a cluster give a shared absolute path or a URL (now %s)",
-                    given_root, cfg.run.root)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -173,15 +185,19 @@ def run_ray(cfg: Config) -> str:
         ),
     )
 
-    def on_sigterm(signum, frame):  # preemption of the driver: ask the workers for a final checkpoint
-        log.warning("SIGTERM: asking the workers to checkpoint and stop")
-        folder.write_text(STOP_FILE, "SIGTERM\n")
+    def on_stop_signal(signum, frame):  # SIGTERM (preemption, `ray job stop`) or Ctrl-C: a final checkpoint
+        name = signal.Signals(signum).name
+        log.warning("%s: asking the workers to checkpoint and stop (at the next log step)", name)
+        folder.write_text(STOP_FILE, f"{name}\n")
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         result = trainer.fit()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if result.error:
         raise result.error
     log.info("finished: %s", result.metrics)
