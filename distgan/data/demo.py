@@ -7,13 +7,13 @@ same data set. Shards go to data.cache_dir on first use and are reused afterward
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, read_manifest, shard_name, write_manifest, write_shard
 
 SHARD_SIZE = 512
@@ -42,14 +42,8 @@ def draw_face(index: int, size: int, channels: int = 3) -> Image.Image:
     return img.convert("L") if channels == 1 else img
 
 
-def encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def demo_root(cache_dir: str, size: int, count: int, channels: int) -> Path:
-    return Path(os.path.expanduser(cache_dir)) / f"demo-faces-{size}px-{channels}ch-{count}"
+    return Path(os.path.expanduser(cache_dir)) / f"demo-faces-{size}px-{channels}ch-{count}-raw"
 
 
 def ensure_demo_shards(cache_dir: str, size: int, count: int, channels: int = 3) -> str:
@@ -60,7 +54,8 @@ def ensure_demo_shards(cache_dir: str, size: int, count: int, channels: int = 3)
     shards = []
     for index, start in enumerate(range(0, count, SHARD_SIZE)):
         keys = range(start, min(start + SHARD_SIZE, count))
-        samples = ({"__key__": f"face{i:08d}", "png": encode_png(draw_face(i, size, channels))} for i in keys)
+        # raw pixels, the reader's fastest format (docs/data.md): the demo's reader is then not its bottleneck
+        samples = ({"__key__": f"face{i:08d}", "raw": encode_image(draw_face(i, size, channels), "raw")} for i in keys)
         shards.append({"name": shard_name(index), "count": write_shard(str(root), index, samples)})
-    write_manifest(str(root), Manifest(shards, count, size, channels, "png", source="demo", split="train"))
+    write_manifest(str(root), Manifest(shards, count, size, channels, "raw", source="demo", split="train"))
     return str(root)
