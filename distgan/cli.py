@@ -7,16 +7,13 @@ import logging
 import sys
 from typing import Callable, NoReturn
 
-from distgan.config import Config, ConfigError, load_config
+from distgan.config import Config, load_config
+from distgan.errors import UserError
 
 
-class UserError(Exception):
-    """A mistake the user can fix (bad path, bad value): printed as one line, exit status 2."""
-
-
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def config_from_args(argv: list[str] | None, prog: str, description: str) -> Config:
@@ -28,14 +25,17 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> Con
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:
-    """Call main(); turn user errors into a one-line message and exit 2, with no traceback."""
+    """Call main(); turn user errors into a one-line message and exit 2, a diverged run into one line and exit 1,
+    with no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from distgan.data.sources import DataSourceError
+    from distgan.engine.health import Diverged
 
     try:
         code = main()
-    except (ConfigError, UserError, DataSourceError) as exc:
+    except UserError as exc:
         fail(str(exc))
+    except Diverged as exc:
+        fail(str(exc), status=1)
     except KeyboardInterrupt:
         fail("interrupted")
     sys.exit(code or 0)

@@ -15,11 +15,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from distgan.errors import ConfigError, first_line
+
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration; its message is one line that names the key."""
 
 
 @dataclass
@@ -57,6 +55,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # generator EMA; 0 disables averaging (EMA equals G)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda; in Ray mode ray.use_gpu decides, and cpu/cuda must agree with it
+    # a NaN/Inf loss or gradient norm: stop (end the run with one line naming step and value) | rollback (reload
+    # the last good checkpoint and go on with fresh noise and data, at most max_rollbacks times in a run)
+    on_nonfinite: str = "stop"
+    max_rollbacks: int = 3
 
 
 @dataclass
@@ -86,6 +88,7 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_failures: int = 0  # worker failures survived by restarting from the newest checkpoint; -1 = forever
+    log_level: str = "WARNING"  # Ray Train's own console records (INFO: every report, worker-group start-up)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class Config:
 
 
 def _one_line(exc: OmegaConfBaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     key = getattr(exc, "full_key", None)
     return f"{key}: {text}" if key and key not in text else text
 
@@ -122,7 +125,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     except ConfigError:
         raise
     except Exception as exc:  # YAML syntax errors and the like
-        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: {first_line(exc)}") from None
     config: Config = OmegaConf.to_object(cfg)
     validate(config)
     return config
@@ -163,6 +166,8 @@ def validate(cfg: Config) -> None:
         need(0.0 <= beta < 1.0, f"train.{key}", f"must be in [0, 1), got {beta}")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    need(t.on_nonfinite in ("stop", "rollback"), "train.on_nonfinite", f"must be stop or rollback, got {t.on_nonfinite!r}")
+    need(t.max_rollbacks >= 0, "train.max_rollbacks", f"must be >= 0, got {t.max_rollbacks}")
     for key in ("every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
         value = getattr(lg, key)
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
@@ -175,6 +180,8 @@ def validate(cfg: Config) -> None:
     need(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+    need(ray.log_level in levels, "ray.log_level", f"must be one of {levels}, got {ray.log_level!r}")
     need(ray.max_failures >= -1, "ray.max_failures", f"must be >= -1, got {ray.max_failures}")
 
 

@@ -11,31 +11,24 @@ import logging
 from pathlib import Path
 
 from distgan.cli import config_from_args, run_main
-from distgan.config import Config
 
 log = logging.getLogger("distgan.train")
-
-
-def run_local(cfg: Config) -> Path:
-    from distgan.engine.loop import train
-
-    run_dir = Path(cfg.run.root) / cfg.run.name
-    log.info("run directory: %s", run_dir.resolve())
-    state = train(cfg, run_dir)
-    log.info("done at step %d; checkpoints, samples and TensorBoard events in %s", state.step, run_dir)
-    return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
     if cfg.run.mode == "local":
-        run_local(cfg)
+        from distgan.launch.local import train_local
+
+        run_dir = Path(cfg.run.root) / cfg.run.name
+        log.info("run directory: %s", run_dir.resolve())
+        state = train_local(cfg, run_dir)
+        log.info("done at step %d; checkpoints, samples and TensorBoard events in %s", state.step, run_dir)
     else:
         from distgan.data.sources import resolve_shards
         from distgan.launch.ray_train import run_ray
 
         resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
-
         run_dir = run_ray(cfg)
         log.info("done; checkpoints, samples and TensorBoard events in %s", run_dir)
     return 0

@@ -16,10 +16,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_module
 from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, shard_name, write_manifest, write_shard
-from distgan.data.sources import DataSourceError, resolve_source
+from distgan.errors import DataSourceError
+from distgan.data.sources import resolve_source
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.data.validation import ValidationStream
-from distgan.engine.loop import train
+from distgan.launch.local import train_local
 
 SIZE = 16
 KEPT_FROM_TRUNCATED = 6  # shard 2 is cut inside its 7th member: 6 samples survive
@@ -161,7 +162,7 @@ def test_unreadable_shard_url_is_skipped_and_named(bad_set, caplog):
 @pytest.mark.timeout(120)
 def test_bad_sample_count_reaches_tensorboard(bad_set, tiny_config, tmp_path):
     cfg = tiny_config(f"data.source={bad_set}", "train.steps=2", "train.batch_size=8", "data.shuffle_buffer=0")
-    train(cfg, tmp_path / "run")
+    train_local(cfg, tmp_path / "run")
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     values = [e.value for e in acc.Scalars("data/bad_samples")]
     assert values[-1] >= 1  # 2 steps x 2 critic batches x 8 = 32 images: past shard 0 or 2 at least once

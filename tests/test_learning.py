@@ -11,7 +11,7 @@ import torch
 from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.engine.distributed import Dist
-from distgan.engine.loop import train
+from distgan.launch.local import train_local
 from distgan.engine.state import TrainState
 from distgan.metrics import sliced_wasserstein
 from distgan.sample import generate
@@ -28,7 +28,7 @@ def test_short_run_learns_the_demo_faces(tiny_config, tmp_path):
                       "train.ema_decay=0.9", "log.every=50", "log.sample_every=1000", "log.checkpoint_every=1000")
     real_a, real_b = real_images(cfg, 1024).split(512)
     untrained = TrainState.create(cfg, torch.device("cpu"), Dist()).G_ema
-    trained = train(cfg, tmp_path / "run").G_ema
+    trained = train_local(cfg, tmp_path / "run").G_ema
 
     floor = sliced_wasserstein(real_a, real_b)
     before = sliced_wasserstein(generate(untrained, 512, seed=3), real_a)

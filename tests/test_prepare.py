@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_module
-from distgan.cli import UserError
+from distgan.errors import UserError
 from distgan.data import prepare
 from distgan.data.fake_celeba import split_of, write_fake_celeba
 from distgan.data.shards import read_manifest

@@ -1,10 +1,11 @@
-"""Resume is exact: k steps, stop, resume to 2k equals 2k steps in one go, bitwise on CPU."""
+"""Resume is exact: k steps, stop, resume to 2k equals 2k steps in one go, bitwise on CPU; and the resumed run
+really resumes (it executes only the remaining k steps)."""
 
 import pytest
 import torch
 
-from distgan.engine.checkpoint import list_checkpoints
-from distgan.engine.loop import train
+import distgan.engine.loop
+from distgan.launch.local import train_local
 
 
 def assert_same_state(a, b):
@@ -20,26 +21,40 @@ def assert_same_state(a, b):
     assert (a.step, a.critic_steps, a.images_seen) == (b.step, b.critic_steps, b.images_seen)
 
 
+@pytest.fixture
+def step_counter(monkeypatch):
+    """Counts the generator steps the loop executes (the real train_step, wrapped)."""
+    calls = []
+    real_step = distgan.engine.loop.train_step
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(distgan.engine.loop, "train_step", counted)
+    return calls
+
+
 # num_workers=2 also checks that loader workers pick up their own stream positions in the right order
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_bitwise_exact(tiny_config, tmp_path, workers):
+def test_resume_is_bitwise_exact(tiny_config, tmp_path, workers, step_counter):
     k = 3
     common = [f"data.num_workers={workers}", "model.critic_dropout=0.3", "log.checkpoint_every=2"]
-    straight = train(tiny_config(*common, f"train.steps={2 * k}"), tmp_path / "straight")
+    straight = train_local(tiny_config(*common, f"train.steps={2 * k}"), tmp_path / "straight")
 
-    cfg = tiny_config(*common, f"train.steps={k}")
-    first = train(cfg, tmp_path / "resumed")
+    first = train_local(tiny_config(*common, f"train.steps={k}"), tmp_path / "resumed")
     assert first.step == k
-    assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
         "ckpt-00000002.pt", "ckpt-00000003.pt"]
-    resumed = train(tiny_config(*common, f"train.steps={2 * k}"), tmp_path / "resumed")
+    step_counter.clear()
+    resumed = train_local(tiny_config(*common, f"train.steps={2 * k}"), tmp_path / "resumed")
+    assert len(step_counter) == k, f"the resumed run executed {len(step_counter)} steps, not the remaining {k}"
     assert_same_state(straight, resumed)
 
 
 def test_resumed_run_differs_from_a_fresh_start(tiny_config, tmp_path):
-    """Guards the test above: if resume silently restarted, the weights would not match the straight run."""
-    straight = train(tiny_config("train.steps=4"), tmp_path / "a")
-    train(tiny_config("train.steps=2"), tmp_path / "b")
-    fresh = train(tiny_config("train.steps=2"), tmp_path / "c")  # a second, independent 2-step run
+    """Guards the comparison above: a different history gives different weights."""
+    straight = train_local(tiny_config("train.steps=4"), tmp_path / "a")
+    fresh = train_local(tiny_config("train.steps=2"), tmp_path / "c")
     with pytest.raises(AssertionError):
         assert_same_state(straight, fresh)

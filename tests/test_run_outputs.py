@@ -7,7 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_module
-from distgan.engine.loop import train
+from distgan.launch.local import train_local
 
 SCALARS = {
     "loss/critic", "loss/generator", "loss/gradient_penalty", "wasserstein", "grad_norm/critic",
@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory, demo_cache):
         "data.demo_images=512", "train.batch_size=16", "train.steps=4", "train.n_critic=2", "train.device=cpu",
         "log.every=2", "log.sample_every=2", "log.checkpoint_every=2", "log.num_samples=9", "log.progress=false",
     ])
-    train(cfg, root / "run")
+    train_local(cfg, root / "run")
     return root / "run"
 
 

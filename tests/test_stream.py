@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, shard_name, write_manifest, write_shard
-from distgan.data.sources import DataSourceError, resolve_shards, resolve_source
+from distgan.errors import DataSourceError
+from distgan.data.sources import resolve_shards, resolve_source
 from distgan.data.stream import RealBatches, ShardStream, to_model_range
 from distgan.data.validation import ValidationStream, validation_batches
 

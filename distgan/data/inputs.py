@@ -17,7 +17,7 @@ from typing import Optional
 
 from PIL import Image
 
-from distgan.cli import UserError
+from distgan.errors import UserError
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

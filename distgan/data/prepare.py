@@ -38,11 +38,11 @@ import fsspec
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from distgan.cli import UserError, run_main
+from distgan.cli import run_main
 from distgan.data.codec import FORMATS, encode_image
 from distgan.data.inputs import SPLITS, InputImage, find_inputs, load_image
 from distgan.data.shards import MANIFEST, Manifest, count_samples, join, shard_name, write_manifest, write_shard
-from distgan.data.sources import first_line
+from distgan.errors import UserError, first_line
 
 log = logging.getLogger("distgan.data.prepare")
 

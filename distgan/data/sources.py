@@ -13,16 +13,8 @@ import fsspec
 
 from distgan.config import Config
 from distgan.data.demo import ensure_demo_shards
+from distgan.errors import DataSourceError, first_line
 from distgan.data.shards import MANIFEST, Manifest, count_samples, read_manifest
-
-
-class DataSourceError(ValueError):
-    """A missing, empty or unreadable data source: a user mistake, reported in one line."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def is_manifest_source(source: str) -> bool:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distgan.data.codec import decode_image
 from distgan.data.shards import iter_samples
-from distgan.data.sources import DataSourceError
+from distgan.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,19 @@
-"""Checkpoint files in a run directory: checkpoints/ckpt-<step>.pt, written atomically, newest N kept."""
+"""The checkpoint format, in one place: the full training payload, every rank's own state, the generator export,
+and crash-safe files. Launchers decide only WHERE payloads go (distgan/launch/); what is in them is decided here.
+
+Full checkpoint (a dict saved with torch.save; docs/design.md has the table):
+    format "distgan-checkpoint", version, step, config (the resolved config as a dict),
+    state: G, D, G_ema, opt_g, opt_d, noise (the latent/alpha RNG), step, critic_steps, images_seen, rollbacks,
+    ranks: one dict per rank: data_state (the rank's stream position), torch_rng (dropout masks), cuda_rng.
+Generator export (small; what distgan.sample and distgan.evaluate load, as EDM's network snapshots):
+    format "distgan-generator", version, step, model (the model config), G_ema (its state dict), metrics.
+Either file is accepted wherever a generator is needed.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 from pathlib import Path
@@ -9,37 +21,210 @@ from typing import Any, Optional
 
 import torch
 
-PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
+from distgan.config import Config, from_dict, to_dict
+from distgan.engine.distributed import Dist
+from distgan.engine.state import TrainState
+from distgan.errors import StorageError, UserError, first_line
+from distgan.models import Generator, build_models
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT, EXPORT_FORMAT, VERSION = "distgan-checkpoint", "distgan-generator", 1
+PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
+EXPORT_PATTERN = re.compile(r"^generator-(\d+)\.pt$")
+TMP_SUFFIX = ".tmp"
 
 
-def checkpoint_path(directory: str | Path, step: int) -> Path:
-    return Path(directory) / f"ckpt-{step:08d}.pt"
+# --- the payloads -------------------------------------------------------------------------------------------------
+def build_payload(state: TrainState, cfg: Config, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """ranks: every rank's state_for_rank(), gathered (the caller does the collective)."""
+    return {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": state.step, "config": to_dict(cfg),
+            "state": state.state_dict(), "ranks": ranks}
 
 
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    directory = Path(directory)
+def check_payload(payload: Any) -> None:
+    """Raises ValueError when payload is not a complete checkpoint of this format."""
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a distgan checkpoint")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"checkpoint format version {payload.get('version')}, this distgan reads {VERSION}")
+    missing = {"step", "config", "state", "ranks"} - set(payload)
+    if missing:
+        raise ValueError(f"checkpoint lacks {sorted(missing)}")
+
+
+def restore(state: TrainState, payload: dict[str, Any], dist: Dist, with_rank_state: bool = True) -> bool:
+    """Load a checkpoint into state. Each rank takes its own data position and RNGs when the world size matches;
+    returns whether it did (with another world size the streams are re-seeded from the step instead)."""
+    state.load_state_dict(payload["state"])
+    ranks = payload["ranks"]
+    if not with_rank_state or len(ranks) != dist.world_size:
+        return False
+    state.load_rank_state(ranks[dist.rank])
+    return True
+
+
+def generator_export(state: TrainState, cfg: Config, metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    weights = {k: v.detach().cpu().clone() for k, v in state.G_ema.state_dict().items()}
+    return {"format": EXPORT_FORMAT, "version": VERSION, "step": state.step, "model": to_dict(cfg)["model"],
+            "G_ema": weights, "metrics": dict(metrics or {})}
+
+
+# --- crash-safe files ---------------------------------------------------------------------------------------------
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, payload: Any) -> None:
+    """torch.save to a temporary name in the same folder, fsync, rename, fsync the folder: after a crash at any
+    moment the final name holds either nothing or the whole file, also after a power loss."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Temporary files of writers that were killed mid-write (only ever left behind by a crash)."""
+    stale = [p for p in directory.glob(f".*{TMP_SUFFIX}") if p.is_file()] if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def read_file(location: str | Path) -> Any:
+    """torch.load of a local path or an fsspec URL (s3://, gs://)."""
+    location = str(location)
+    if "://" in location and not location.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(location, "rb") as f:
+            data = io.BytesIO(f.read())
+        return torch.load(data, map_location="cpu", weights_only=False)
+    return torch.load(location.removeprefix("file://"), map_location="cpu", weights_only=False)
+
+
+def numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    """(step, path) of the files in directory whose name matches pattern, oldest first."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := PATTERN.search(p.name))]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name)))
 
 
-def latest_checkpoint(directory: str | Path) -> Optional[Path]:
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
+# --- the local store (run.mode=local, and any shared path) --------------------------------------------------------
+class FolderCheckpoints:
+    """ckpt-<step>.pt files in one folder: written atomically by rank 0, the newest `keep` kept (plus `protected`
+    ones, e.g. the best by FID). load_latest() skips unreadable files, newest first, and says so."""
+
+    def __init__(self, directory: str | Path, keep: int, dist: Optional[Dist] = None):
+        self.directory, self.keep, self.dist = Path(directory), keep, dist or Dist()
+        self.protected: set[int] = set()
+        if self.dist.is_main:
+            for p in remove_stale_temporaries(self.directory):
+                log.warning("removed %s, left by a checkpoint write that did not finish", p.name)
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"ckpt-{step:08d}.pt"
+
+    def steps(self) -> list[int]:
+        return [step for step, _ in numbered(self.directory, PATTERN)]
+
+    def load_latest(self) -> Optional[dict[str, Any]]:
+        found = numbered(self.directory, PATTERN)
+        for step, path in reversed(found):
+            try:
+                payload = read_file(path)
+                check_payload(payload)
+                return payload
+            except Exception as exc:
+                log.warning("checkpoint %s cannot be read (%s): trying the one before", path, first_line(exc))
+        if found:
+            raise StorageError(f"none of the {len(found)} checkpoints in {self.directory} can be read")
+        return None
+
+    def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
+        write_atomic(self.path(step), payload)
+        prune(numbered(self.directory, PATTERN), self.keep, self.protected)
 
 
-def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, step)
-    tmp = final.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, final)  # a crash mid-write never leaves a file that looks like a checkpoint
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
-    return final
+def prune(found: list[tuple[int, Path]], keep: int, protected: set[int] = frozenset()) -> None:
+    """Delete all but the newest `keep` of found (oldest first), sparing protected steps."""
+    for step, path in found[:-keep] if keep else found:
+        if step not in protected:
+            path.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=False)
+# --- generator exports --------------------------------------------------------------------------------------------
+def write_export(directory: Path, export: dict[str, Any], keep: int, best: bool = False) -> Path:
+    """generators/generator-<step>.pt (newest `keep` kept) and, with best=True, also generator-best.pt."""
+    path = directory / f"generator-{export['step']:08d}.pt"
+    write_atomic(path, export)
+    if best:
+        write_atomic(directory / "generator-best.pt", export)
+    prune(numbered(directory, EXPORT_PATTERN), keep)
+    return path
+
+
+def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any]]:
+    """A generator (eval mode, on the CPU) and its file's facts (step, metrics, model) from a generator export or
+    a full checkpoint (ema=False takes the raw generator, which only a full checkpoint has)."""
+    try:
+        data = read_file(location)
+    except FileNotFoundError:
+        raise UserError(f"{location} does not exist") from None
+    except Exception as exc:
+        raise UserError(f"{location} is not a distgan checkpoint or generator export: {first_line(exc)}") from None
+    kind = data.get("format") if isinstance(data, dict) else None
+    if kind == EXPORT_FORMAT:
+        if not ema:
+            raise UserError(f"{location} is a generator export (EMA weights only): give a full checkpoint for the "
+                            f"raw generator")
+        model, weights, info = data["model"], data["G_ema"], {"step": data["step"], "metrics": data["metrics"]}
+    elif kind == CHECKPOINT_FORMAT:
+        model = data["config"]["model"]
+        weights = data["state"]["G_ema" if ema else "G"]
+        info = {"step": data["step"], "metrics": {}}
+    else:
+        raise UserError(f"{location} is not a distgan checkpoint or generator export")
+    model_cfg = from_dict({"model": model}).model
+    G = build_models(model_cfg)[0]
+    try:
+        G.load_state_dict(weights)  # SyncBatchNorm2d and BatchNorm2d share one state layout
+    except RuntimeError as exc:
+        raise UserError(f"{location}: generator weights do not fit its model config: {first_line(exc)}") from None
+    info["model"] = model_cfg
+    return G.eval(), info
+
+
+def find_generator(location: str | Path) -> str:
+    """A file as it is; for a run folder (a path or a URL), its newest generator export."""
+    import fsspec
+
+    location = str(location)
+    fs, path = fsspec.core.url_to_fs(location)
+    if fs.isfile(path):
+        return location
+    if not fs.isdir(path):
+        raise UserError(f"{location} does not exist")
+    folder = path.rstrip("/") + "/generators"
+    names = [p.rsplit("/", 1)[-1] for p in fs.glob(folder + "/generator-*.pt")]
+    steps = sorted(int(m.group(1)) for n in names if (m := EXPORT_PATTERN.match(n)))
+    if not steps:
+        raise UserError(f"no generator export in {location} (a run folder has them in generators/ after its first "
+                        f"checkpoint; or give a checkpoint file)")
+    return location.rstrip("/") + f"/generators/generator-{steps[-1]:08d}.pt"

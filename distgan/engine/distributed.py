@@ -2,7 +2,8 @@
 
 We do not wrap the networks in DistributedDataParallel. WGAN-GP needs a double backward (the penalty) and a
 generator step that runs through the critic with the critic's gradients unwanted; both are known DDP traps
-(DESIGN.md section 3: unused-parameter reduction errors, static_graph silently skipping the all-reduce). Instead,
+(docs/design.md, "Distributed traps": unused-parameter reduction errors, static_graph silently skipping the
+all-reduce). Instead,
 as NVlabs/stylegan3 does, each network's gradients are flattened and averaged by hand after its one backward.
 tests/test_equivalence.py proves N ranks then equal one process.
 """
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+
+
+class ReplicaMismatch(RuntimeError):
+    """The ranks' copies of a network are no longer identical (a bug, or a missing all-reduce)."""
 
 
 @dataclass
@@ -85,6 +90,24 @@ class Dist:
         out = [None] * self.world_size
         torch_dist.all_gather_object(out, obj)
         return out
+
+    def check_identical(self, modules: dict[str, nn.Module]) -> None:
+        """Every rank's parameters must equal rank 0's, bit for bit (as NVlabs/stylegan3 checks before it saves):
+        replicas that drifted apart would write a checkpoint that belongs to no rank. Raises ReplicaMismatch on
+        every rank, naming the first parameter that differs."""
+        if not self.active:
+            return
+        differs = []
+        for name, module in modules.items():
+            for key, p in module.named_parameters():
+                reference = p.detach().clone()
+                torch_dist.broadcast(reference, src=0)
+                if not torch.equal(reference, p.detach()):
+                    differs.append(f"{name}.{key}")
+        device = next(next(iter(modules.values())).parameters()).device
+        if self.sum_int(len(differs), device) > 0:
+            raise ReplicaMismatch(f"replicas diverged: rank {self.rank} differs from rank 0 in "
+                                  f"{differs[0] if differs else '(another rank)'}; not writing the checkpoint")
 
     def barrier(self) -> None:
         if self.active:

@@ -29,6 +29,12 @@ class RunLogger:
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
         self.last_line = time.time()
 
+    def restart_at(self, step: int) -> None:
+        """After a rollback to step: TensorBoard drops what was logged past it, as after a resume."""
+        log_dir = self.writer.log_dir
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=step + 1)
+
     def config(self, yaml_text: str) -> None:
         self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
 

@@ -1,31 +1,27 @@
 """The training loop: one flat function that runs the same way in one process and in every DDP rank.
 
-Run directory layout (run.root/run.name):
-    checkpoints/ckpt-<step>.pt   full state: models, optimizers, EMA, counters, RNGs, data position, config
-                                 (local mode; Ray mode: checkpoint_<step>/checkpoint.pt, written by Ray Train)
-    tensorboard/                 event files
-    samples/step-<step>.png      fixed-latent grids from the EMA generator
-    data-keys/rank-<r>.txt       with data.record_keys: the sample keys each rank trained on
-Where checkpoints live and how they are found is the CheckpointStore's business, so a launcher (Ray) can swap
-it without touching the loop.
+Everything outside the math comes from the launcher (engine/launcher.py): the process group, the device, where
+checkpoints go, stop and preemption checks, and publishing. Files the loop writes under launcher.run_dir:
+    tensorboard/                      event files
+    samples/step-<step>.png           fixed-latent grids from the EMA generator
+    generators/generator-<step>.pt    generator exports (EMA weights + model config) for sample/evaluate
+    data-keys/rank-<r>.txt            with data.record_keys: the sample keys each rank trained on
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import time
-from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torchvision.utils import save_image
 
-from distgan.config import Config, to_dict, to_yaml
+from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream
-from distgan.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from distgan.engine.distributed import Dist
+from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
+from distgan.engine.health import Diverged, NonFiniteWatch
+from distgan.engine.launcher import Launcher
 from distgan.engine.logger import RunLogger, grid, say
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
@@ -33,99 +29,25 @@ from distgan.engine.step import train_step
 log = logging.getLogger(__name__)
 
 
-class CheckpointStore(Protocol):
-    def latest(self) -> Optional[dict[str, Any]]: ...
-    def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None: ...
-
-
-class LocalCheckpoints:
-    """checkpoints/ under the run directory; every rank reads the newest, rank 0 writes."""
-
-    def __init__(self, run_dir: Path, keep: int, dist: Dist):
-        self.directory, self.keep, self.dist = run_dir / "checkpoints", keep, dist
-
-    def latest(self) -> Optional[dict[str, Any]]:
-        path = latest_checkpoint(self.directory)
-        return load_checkpoint(path) if path else None
-
-    def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.directory, step, payload, self.keep)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-
-
-class StopFlag:
-    """SIGTERM (preemption) or Ctrl-C: finish the current step, write a checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a Ray actor's worker thread)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("signal %s: stopping after this step with a checkpoint", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 @torch.no_grad()
 def sample_fixed(state: TrainState, z: torch.Tensor) -> torch.Tensor:
     return state.G_ema(z).cpu()
 
 
-def train(
-    cfg: Config,
-    run_dir: str | Path,
-    dist: Optional[Dist] = None,
-    store: Optional[CheckpointStore] = None,
-    device: Optional[torch.device] = None,
-    local_rank: int = 0,
-    stop_check: Optional[Callable[[], bool]] = None,
-    preempt_check: Optional[Callable[[], bool]] = None,
-    publish: Optional[Callable[[], None]] = None,
-) -> TrainState:
-    """Train until train.steps generator updates, resuming from the store's newest checkpoint.
-
-    stop_check: asked on every rank at each log step (a stop file); when any rank, or a SIGTERM/Ctrl-C, says
-    stop, every rank writes the checkpoint and returns.
-    preempt_check: asked on every rank at each log step (Ray's notice that a node will be reclaimed; every rank
-    gets the same answer). The first time it says yes, a checkpoint is written at once and training goes on: the
-    launcher restarts the run from that checkpoint when the node is gone. Returning early would end the run.
-    publish: called on rank 0 after new TensorBoard events or sample grids were written (copies them from a local
-    staging folder to object storage, distgan.engine.run_folder).
-    """
-    dist = dist or Dist()
-    run_dir = Path(run_dir)
-    device = device or pick_device(cfg.train.device, local_rank)
-    store = store or LocalCheckpoints(run_dir, cfg.log.keep_checkpoints, dist)
+def train(cfg: Config, launcher: Launcher) -> TrainState:
+    """Train until train.steps generator updates, resuming from the launcher's newest checkpoint."""
+    dist, device, run_dir, store = launcher.dist, launcher.device, launcher.run_dir, launcher.checkpoints
     t, lg = cfg.train, cfg.log
     local_batch = t.batch_size // dist.world_size
 
     state = TrainState.create(cfg, device, dist)
-    checkpoint = store.latest()
-    if checkpoint is not None:
-        state.load_state_dict(checkpoint["state"])
-        ranks = checkpoint["ranks"]
-        if len(ranks) == dist.world_size:
-            state.load_rank_state(ranks[dist.rank])
-        elif dist.is_main:
-            log.warning("checkpoint has %d ranks, run has %d: data streams restart", len(ranks), dist.world_size)
+    payload = store.load_latest()
+    if payload is not None:
+        same_layout = restore(state, payload, dist)
         if dist.is_main:
+            if not same_layout:
+                log.warning("checkpoint has %d ranks, this run %d: data streams restart", len(payload["ranks"]),
+                            dist.world_size)
             say(f"resumed from step {state.step}")
 
     stream = ShardStream(
@@ -144,67 +66,100 @@ def train(
         logger.config(to_yaml(cfg))
 
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
+    watch = NonFiniteWatch(device)
     sums: dict[str, torch.Tensor] = {}
     steps_since, tick = 0, time.perf_counter()
     saved_on_preemption = False
 
+    def diverged() -> bool:
+        """Collective (every rank calls it alike). False if all is finite; True after a rollback; raises
+        Diverged when the run must end."""
+        nonlocal sums, steps_since, tick
+        problem = watch.check(dist)
+        if problem is None:
+            return False
+        if t.on_nonfinite != "rollback" or state.rollbacks >= t.max_rollbacks:
+            hint = ("" if t.on_nonfinite == "rollback" else
+                    "; train.on_nonfinite=rollback reloads the last good checkpoint instead")
+            used = f" after {state.rollbacks} rollbacks (train.max_rollbacks)" if t.on_nonfinite == "rollback" else ""
+            raise Diverged(f"training diverged: {problem}{used}; no checkpoint was written after it{hint}")
+        good = store.load_latest()
+        if good is None:
+            raise Diverged(f"training diverged: {problem}, and there is no checkpoint to roll back to")
+        rollbacks = state.rollbacks + 1
+        restore(state, good, dist, with_rank_state=False)  # the data streams go on: other batches this time
+        state.rollbacks = rollbacks
+        state.noise.reseed(t.seed, state.step, rollbacks)  # and other latents and alphas
+        watch.reset()
+        if dist.is_main:
+            log.warning("%s: rolled back to step %d (rollback %d of %d)", problem, state.step, rollbacks,
+                        t.max_rollbacks)
+            if logger:
+                logger.restart_at(state.step)
+        sums, steps_since, tick = {}, 0, time.perf_counter()
+        return True
+
     def checkpoint_now(metrics: dict[str, float]) -> None:
         state.data_state = real.state
+        dist.check_identical({"G": state.G, "D": state.D, "G_ema": state.G_ema})
         ranks = dist.gather(state.rank_state())  # every rank's data position and dropout RNG
-        payload = {"state": state.state_dict(), "ranks": ranks, "config": to_dict(cfg), "step": state.step}
-        store.save(state.step, payload, metrics)
+        store.save(state.step, build_payload(state, cfg, ranks), metrics)
+        if dist.is_main:
+            write_export(run_dir / "generators", generator_export(state, cfg, metrics), lg.keep_checkpoints)
 
-    with StopFlag() as stop:
-        while state.step < t.steps:
-            metrics = train_step(state, real, t, dist)
-            state.images_seen += images_per_step
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0) + v
-            steps_since += 1
-            step, last = state.step, state.step == t.steps
-            stopping = preempted = False
-            if step % lg.every == 0:  # agreeing on a stop costs an all-reduce: only at log steps
-                preempted = bool(preempt_check and preempt_check()) and not saved_on_preemption
-                wants = bool(stop_check and stop_check()) or stop.requested  # stop_check first: it may be a barrier
-                stopping = dist.sum_int(int(wants), device) > 0
+    while state.step < t.steps:
+        metrics = train_step(state, real, t, dist)
+        watch.observe(state.step, metrics)
+        state.images_seen += images_per_step
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0) + v
+        steps_since += 1
+        step, last = state.step, state.step == t.steps
+        stopping = preempted = False
+        if step % lg.every == 0:  # agreeing on a stop costs an all-reduce: only at log steps
+            preempted = launcher.preempted() and not saved_on_preemption
+            wants = launcher.should_stop()  # may be collective: every rank asks
+            stopping = dist.sum_int(int(wants), device) > 0
+        will_save = step % lg.checkpoint_every == 0 or last or stopping or preempted
+        if (step % lg.every == 0 or will_save) and diverged():
+            continue
 
-            values: dict[str, float] = {}
-            if step % lg.every == 0 or last or stopping:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                elapsed = time.perf_counter() - tick
-                values = dist.mean({k: v / steps_since for k, v in sums.items()})
-                values["perf/images_per_s"] = images_per_step * steps_since / max(elapsed, 1e-9)
-                values["perf/steps_per_s"] = steps_since / max(elapsed, 1e-9)
-                values["data/bad_samples"] = float(dist.sum_int(real.bad_samples, device))
-                values["lr/generator"] = state.opt_g.param_groups[0]["lr"]
-                values["lr/critic"] = state.opt_d.param_groups[0]["lr"]
-                values["progress/images_seen"] = float(state.images_seen)
-                if logger:
-                    logger.scalars(step, values)
-                    logger.progress(step, t.steps, values)
-                sums, steps_since, tick = {}, 0, time.perf_counter()
+        values: dict[str, float] = {}
+        if step % lg.every == 0 or last or stopping:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - tick
+            values = dist.mean({k: v / steps_since for k, v in sums.items()})
+            values["perf/images_per_s"] = images_per_step * steps_since / max(elapsed, 1e-9)
+            values["perf/steps_per_s"] = steps_since / max(elapsed, 1e-9)
+            values["data/bad_samples"] = float(dist.sum_int(real.bad_samples, device))
+            values["lr/generator"] = state.opt_g.param_groups[0]["lr"]
+            values["lr/critic"] = state.opt_d.param_groups[0]["lr"]
+            values["progress/images_seen"] = float(state.images_seen)
+            if logger:
+                logger.scalars(step, values)
+                logger.progress(step, t.steps, values)
+            sums, steps_since, tick = {}, 0, time.perf_counter()
 
-            if logger and (step % lg.sample_every == 0 or last or stopping):
-                images = sample_fixed(state, fixed_z)
-                logger.images(step, images)
-                save_image(grid(images), run_dir / "samples" / f"step-{step:08d}.png")
+        if logger and (step % lg.sample_every == 0 or last or stopping):
+            images = sample_fixed(state, fixed_z)
+            logger.images(step, images)
+            save_image(grid(images), run_dir / "samples" / f"step-{step:08d}.png")
 
-            if logger and publish and values:
-                publish()
-            if step % lg.checkpoint_every == 0 or last or stopping or preempted:
-                checkpoint_now(values)
-            if preempted:
-                saved_on_preemption = True
-                if dist.is_main:
-                    log.warning("preemption notice: checkpoint written at step %d, training on", step)
-            if stopping:
-                if dist.is_main:
-                    log.warning("stopped at step %d with a checkpoint", step)
-                break
+        if will_save:
+            checkpoint_now(values)
+        if dist.is_main and (values or will_save):
+            launcher.publish()
+        if preempted:
+            saved_on_preemption = True
+            if dist.is_main:
+                log.warning("preemption notice: checkpoint written at step %d, training on", step)
+        if stopping:
+            if dist.is_main:
+                log.warning("stopped at step %d with a checkpoint", step)
+            break
 
     if logger:
         logger.close()
-        if publish:
-            publish()
+        launcher.publish()
     return state

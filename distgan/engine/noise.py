@@ -26,6 +26,10 @@ class SlicedNoise:
         """One U(0, 1) per sample, shaped (n, 1, 1, 1) to broadcast over C, H, W."""
         return self._slice(torch.rand(global_batch, generator=self.rng)).view(-1, 1, 1, 1)
 
+    def reseed(self, seed: int, step: int, salt: int) -> None:
+        """A new stream after a rollback to step (the same on every rank), so the failed stretch is not replayed."""
+        self.rng.manual_seed(hash((seed, step, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+
     def state_dict(self) -> dict:
         return {"rng": self.rng.get_state()}
 

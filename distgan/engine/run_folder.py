@@ -73,6 +73,9 @@ class RunFolder:
         with self.fs.open(self.path(name), "r") as f:
             return f.read()
 
+    def glob(self, pattern: str) -> list[str]:
+        return list(self.fs.glob(self.path(pattern)))
+
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
 
@@ -82,11 +85,21 @@ class RunFolder:
 
     def sync(self) -> None:
         """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again; one
-        caught mid-write is sent whole next time, and TensorBoard reads a file up to its last complete record)."""
+        caught mid-write is sent whole next time, and TensorBoard reads a file up to its last complete record),
+        and delete remote copies of uploaded files that are gone locally (pruned generator exports)."""
         if not self.remote or self._local is None:
             return
+        for file in [f for f in self._uploaded if not f.exists()]:
+            try:
+                self.fs.rm(self.path(file.relative_to(self.local).as_posix()))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                log.warning("could not delete %s from %s: %s", file.name, self.location, exc)
+                continue
+            del self._uploaded[file]
         for file in sorted(self.local.rglob("*")):
-            if not file.is_file():
+            if not file.is_file() or file.name.startswith("."):  # .NAME.tmp: a file being written
                 continue
             stat = file.stat()
             signature = (stat.st_size, stat.st_mtime_ns)

@@ -27,6 +27,7 @@ class TrainState:
     step: int = 0  # generator updates done
     critic_steps: int = 0
     images_seen: int = 0  # real images consumed, all ranks together
+    rollbacks: int = 0  # non-finite losses recovered from by reloading a checkpoint (train.on_nonfinite=rollback)
     data_state: dict = field(default_factory=dict)  # position of the real-data stream (per rank)
 
     @staticmethod
@@ -58,6 +59,7 @@ class TrainState:
             "step": self.step,
             "critic_steps": self.critic_steps,
             "images_seen": self.images_seen,
+            "rollbacks": self.rollbacks,
         }
         return state
 
@@ -84,6 +86,7 @@ class TrainState:
         self.step = int(state["step"])
         self.critic_steps = int(state["critic_steps"])
         self.images_seen = int(state["images_seen"])
+        self.rollbacks = int(state.get("rollbacks", 0))
 
 
 @torch.no_grad()

@@ -17,8 +17,11 @@ from typing import Any, Optional
 import torch
 
 from distgan.config import Config, from_dict, to_dict
+from distgan.engine.checkpoint import check_payload, read_file, write_atomic
 from distgan.engine.distributed import Dist
+from distgan.engine.health import Diverged
 from distgan.engine.run_folder import RunFolder
+from distgan.errors import StorageError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +31,43 @@ JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the entrypoint of a
 
 
 class RayCheckpoints:
-    """Every rank calls save (ray.train.report is a barrier); rank 0 attaches the checkpoint."""
+    """Ray Train's checkpoints: run_dir/checkpoint_<step>/checkpoint.pt, registered by ray.train.report.
 
-    def __init__(self, dist: Dist):
-        self.dist = dist
+    Every rank calls save (ray.train.report is collective); rank 0 attaches the payload. load_latest() starts at
+    the checkpoint Ray hands a (re)started worker group, or at the one this attempt saved last (a rollback), and
+    falls back to older checkpoint folders of the run when that one cannot be read.
+    """
 
-    def latest(self) -> Optional[dict[str, Any]]:
+    def __init__(self, dist: Dist, folder: RunFolder):
+        self.dist, self.folder = dist, folder
+        self.last_saved: Optional[int] = None
+
+    def candidates(self) -> list[int]:
+        """Steps to try, newest first: never past the newest checkpoint Ray registered (or this attempt saved)."""
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        newest = self.last_saved
+        if newest is None:
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is None:
+                return []
+            newest = checkpoint_step(Path(checkpoint.path).name)
+        found = {checkpoint_step(p.rsplit("/", 2)[-2]) for p in self.folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
+        return sorted({s for s in found if s is not None and s <= newest} | {newest}, reverse=True)
+
+    def load_latest(self) -> Optional[dict[str, Any]]:
+        tried = self.candidates()
+        for step in tried:
+            location = self.folder.path(f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}")
+            try:
+                payload = read_file(location)
+                check_payload(payload)
+                return payload
+            except Exception as exc:
+                log.warning("checkpoint %s cannot be read (%s): trying the one before", location, first_line(exc))
+        if tried:
+            raise StorageError(f"none of the {len(tried)} checkpoints in {self.folder.location} can be read")
+        return None
 
     def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
         import ray.train
@@ -48,11 +75,21 @@ class RayCheckpoints:
         report = {"step": step, **metrics}
         if not self.dist.is_main:
             ray.train.report(report)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(payload, Path(folder) / CHECKPOINT_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:08d}")
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                write_atomic(Path(folder) / CHECKPOINT_FILE, payload)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step))
+        self.last_saved = step
+
+
+def checkpoint_dir(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def checkpoint_step(name: str) -> Optional[int]:
+    head, _, number = name.partition("_")
+    return int(number) if head == "checkpoint" and number.isdigit() else None
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -76,47 +113,63 @@ def describe_worker(folder: RunFolder, rank: int) -> None:
     folder.write_text(f"workers/rank-{rank}.json", json.dumps(info))
 
 
+class RayLauncher:
+    """The launcher contract (engine/launcher.py) inside a Ray Train worker: the process group TorchTrainer set
+    up, Ray's device, Ray's checkpoints, the driver's stop file, Ray's preemption notices, and a run folder that
+    may be on object storage (TensorBoard and samples are staged locally and copied up by publish)."""
+
+    def __init__(self, cfg: Config):
+        import ray.train.torch
+
+        self.dist = Dist.from_process_group()
+        self.device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
+        self.folder = RunFolder(run_dir_of(cfg))
+        self.run_dir = self.folder.local
+        self.checkpoints = RayCheckpoints(self.dist, self.folder)
+
+    def should_stop(self) -> bool:
+        """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
+        hiccup here must not kill a worker."""
+        if not self.dist.is_main:
+            return False
+        try:
+            return self.folder.exists(STOP_FILE)
+        except Exception as exc:
+            log.warning("could not check %s: %s", STOP_FILE, exc)
+            return False
+
+    def preempted(self) -> bool:
+        import ray.train
+
+        return ray.train.get_preemption_info() is not None  # a barrier: the loop calls it on every rank alike
+
+    def publish(self) -> None:
+        self.folder.sync_soon()
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report({"step": step, **metrics})
+
+
 def worker_main(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker. TorchTrainer has already joined the process group."""
-    import ray.train
-    import ray.train.torch
-
     from distgan.engine.loop import train
 
     # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
     logging.getLogger("distgan").setLevel(logging.INFO)
     cfg = from_dict(config["config"])
-    dist = Dist.from_process_group()
-    assert dist.world_size == cfg.ray.num_workers, (dist.world_size, cfg.ray.num_workers)
-    device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
-    folder = RunFolder(run_dir_of(cfg))  # TensorBoard and samples: in place, or staged and copied to s3:// etc.
-    describe_worker(folder, dist.rank)
-
-    def stop_check() -> bool:
-        """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
-        hiccup here must not kill a worker."""
-        if not dist.is_main:
-            return False
-        try:
-            return folder.exists(STOP_FILE)
-        except Exception as exc:
-            log.warning("could not check %s: %s", STOP_FILE, exc)
-            return False
-
-    def preempt_check() -> bool:
-        return ray.train.get_preemption_info() is not None  # a barrier: the loop calls it on every rank alike
-
+    launcher = RayLauncher(cfg)
+    assert launcher.dist.world_size == cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
+    describe_worker(launcher.folder, launcher.dist.rank)
     try:
-        train(cfg, folder.local, dist=dist, store=RayCheckpoints(dist), device=device, stop_check=stop_check,
-              preempt_check=preempt_check, publish=folder.sync_soon)
+        train(cfg, launcher)
     finally:
-        folder.close()
+        launcher.folder.close()
 
 
 def check_fits(per_worker: dict[str, float], workers: int, available: dict[str, float]) -> None:
     """A local cluster never grows: a run it cannot hold would wait for resources forever, so refuse it."""
-    from distgan.cli import UserError
-
     for name, amount in per_worker.items():
         if amount * workers > available.get(name, 0):
             key = "ray.cpus_per_worker" if name == "CPU" else "ray.use_gpu"
@@ -137,8 +190,6 @@ def with_absolute_paths(cfg: Config) -> Config:
 def run_ray(cfg: Config) -> str:
     """The driver: join (or start) a cluster, fit a TorchTrainer, return the run directory."""
     if os.environ.get(JOB_MARKER) and "://" not in cfg.run.root and not Path(cfg.run.root).expanduser().is_absolute():
-        from distgan.cli import UserError
-
         raise UserError(f"run.root={cfg.run.root} is relative, and a `ray job submit` job runs in Ray's temporary "
                         f"copy of the working directory: give a shared absolute path or a URL (s3://, gs://)")
     cfg = with_absolute_paths(cfg)
@@ -151,10 +202,7 @@ def run_ray(cfg: Config) -> str:
         folder.remove(STOP_FILE)
         folder.write_text(".distgan", "run folder\n")
     except Exception as exc:
-        from distgan.cli import UserError
-        from distgan.data.sources import first_line
-
-        raise UserError(f"run.root: cannot write to {folder.location}: {first_line(exc)}") from None
+        raise StorageError(f"run.root: cannot write to {folder.location}: {first_line(exc)}") from None
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
@@ -182,6 +230,8 @@ def run_ray(cfg: Config) -> str:
             storage_path=storage_path(cfg),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep_checkpoints),
+            # Ray Train's own INFO records (every report, worker-group start) stay in the session's log files
+            logging_config=ray.LoggingConfig(log_level=cfg.ray.log_level),
         ),
     )
 
@@ -199,6 +249,14 @@ def run_ray(cfg: Config) -> str:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if result.error:
-        raise result.error
-    log.info("finished: %s", result.metrics)
+        raise_worker_error(result.error)
     return folder.location
+
+
+def raise_worker_error(error: BaseException) -> None:
+    """A worker's Diverged or user error, raised again here as itself so the CLI prints its one line."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for failure in failures.values():
+        if isinstance(failure, (Diverged, UserError)):
+            raise failure from None
+    raise error

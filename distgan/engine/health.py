@@ -1,0 +1,48 @@
+"""Divergence: a NaN or Inf in a loss or a gradient norm, noticed without a host sync on every step.
+
+observe() keeps, on the device, the first step at which a watched value was not finite and the values of that
+step; check() (called where the loop syncs anyway: log steps and before every checkpoint) brings that to the host
+and compares it across ranks. A diverged state is never checkpointed: the loop checks before it saves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from distgan.engine.distributed import Dist
+
+WATCHED = ("loss/critic", "loss/gradient_penalty", "loss/generator", "grad_norm/critic", "grad_norm/generator")
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or gradient; the message is one line naming the step and the value."""
+
+
+class NonFiniteWatch:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.first_step = torch.zeros((), dtype=torch.int64, device=self.device)  # 0: everything finite so far
+        self.values = torch.zeros(len(WATCHED), device=self.device)
+
+    def observe(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in WATCHED])
+        first = (self.first_step == 0) & ~torch.isfinite(values).all()
+        self.first_step = torch.where(first, torch.full_like(self.first_step, step), self.first_step)
+        self.values = torch.where(first, values, self.values)
+
+    def check(self, dist: Dist) -> Optional[str]:
+        """None while all is finite on every rank; else one line: the earliest step, the value, the rank."""
+        mine = (int(self.first_step.item()), self.values.cpu().tolist(), dist.rank)
+        bad = [r for r in dist.gather(mine) if r[0] > 0]
+        if not bad:
+            return None
+        step, values, rank = min(bad)
+        name, value = next((n, v) for n, v in zip(WATCHED, values) if not math.isfinite(v))
+        where = f" on rank {rank}" if dist.active else ""
+        return f"non-finite {name} = {value} at step {step}{where}"

@@ -1,0 +1,30 @@
+"""User errors: mistakes the user can fix, each reported as one line and exit status 2 (no traceback).
+
+Every layer raises these (config, data, storage, evaluation); only the command-line entry points
+(distgan.cli.run_main) turn them into `error: ...` on stderr. A crash that is not the user's fault (a bug, a
+diverged run) keeps its own type.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, bad value): printed as one line, exit status 2."""
+
+
+class ConfigError(UserError, ValueError):
+    """A wrong key, type or value in the configuration; the message names the key."""
+
+
+class DataSourceError(UserError, ValueError):
+    """A missing, empty or unreadable data source, or one written for another model."""
+
+
+class StorageError(UserError):
+    """A run folder or checkpoint location that cannot be written or read."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,76 @@
+"""run.mode=local: the training loop in this process, on one GPU or the CPU, with no Ray at all.
+
+The launcher contract (engine/launcher.py) for one process: rank 0 of 1, checkpoints in run_dir/checkpoints/,
+SIGTERM or Ctrl-C as the stop request (finish the log interval, write a checkpoint, return).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from distgan.config import Config
+from distgan.engine.checkpoint import FolderCheckpoints
+from distgan.engine.distributed import Dist
+from distgan.engine.loop import train
+from distgan.engine.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", 0)
+
+
+class LocalLauncher:
+    """Use as a context manager: inside it, SIGTERM and Ctrl-C ask the loop to stop with a checkpoint."""
+
+    def __init__(self, cfg: Config, run_dir: Optional[str | Path] = None):
+        self.dist = Dist()
+        self.device = pick_device(cfg.train.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
+        self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints)
+        self.stop_requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "LocalLauncher":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: no signal handling there
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        log.warning("%s: stopping at the next log step with a checkpoint", signal.Signals(signum).name)
+        self.stop_requested = True
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def preempted(self) -> bool:
+        return False
+
+    def publish(self) -> None:
+        pass  # files are written in place
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+def train_local(cfg: Config, run_dir: Optional[str | Path] = None) -> TrainState:
+    """Train in this process; run_dir defaults to run.root/run.name."""
+    with LocalLauncher(cfg, run_dir) as launcher:
+        return train(cfg, launcher)
