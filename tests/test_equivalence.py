@@ -10,17 +10,13 @@ three full n_critic/1 steps. Compared, with a max relative difference < 1e-5:
 With the gradient all-reduce switched off (Dist(sync_grads=False)) the same comparison must fail.
 """
 
-import os
-import socket
-
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 
 from distgan.config import load_config
 from distgan.engine.distributed import Dist
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
+from gloo import spawn
 
 GLOBAL_BATCH, STEPS, N_CRITIC = 8, 3, 2
 
@@ -71,19 +67,8 @@ def run_steps(rank: int, world: int, sync_grads: bool) -> dict[str, torch.Tensor
     return {k: v.clone() for k, v in out.items()}
 
 
-def worker(rank: int, world: int, port: int, sync_grads: bool, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch_dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.save(run_steps(rank, world, sync_grads), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch_dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rank_fn(rank: int, world: int, sync_grads: bool, out_dir: str) -> None:
+    torch.save(run_steps(rank, world, sync_grads), f"{out_dir}/rank{rank}.pt")
 
 
 def max_rel_diff(a: dict, b: dict, prefix: str = "") -> float:
@@ -96,7 +81,7 @@ def max_rel_diff(a: dict, b: dict, prefix: str = "") -> float:
 
 
 def two_ranks(tmp_path, sync_grads: bool) -> list[dict]:
-    mp.spawn(worker, args=(2, free_port(), sync_grads, str(tmp_path)), nprocs=2, join=True)
+    spawn(rank_fn, 2, sync_grads, str(tmp_path))
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
 

@@ -59,6 +59,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
     dist.average_grads(G)
     sums["grad_norm/generator"] = grad_norm(G)
     state.opt_g.step()
+    state.opt_g.zero_grad(set_to_none=True)  # frees them for the critic phase, which makes its fakes without a graph
     D.requires_grad_(True)
     update_ema(state.G_ema, G, t.ema_decay)
     state.step += 1
