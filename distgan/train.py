@@ -17,6 +17,10 @@ log = logging.getLogger("distgan.train")
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
+    if cfg.eval.every:
+        from distgan.evaluation.evaluator import check_evaluation
+
+        check_evaluation(cfg)  # missing weights or unfit reference data: one line now, not a half-written run
     if cfg.run.mode == "local":
         from distgan.launch.local import train_local
 

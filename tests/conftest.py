@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from distgan.config import load_config
 
@@ -39,3 +40,43 @@ def run_module(module: str, *args: str, timeout: float = 600, env: dict | None =
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real 2-node Ray cluster for every test module that needs one (tests/ray_cluster.py)."""
+    from ray_cluster import TestCluster
+
+    cluster = TestCluster(tmp_path_factory.mktemp("ray"))
+    yield cluster
+    cluster.stop()
+
+
+class TinyFeatures(torch.nn.Module):
+    """A stand-in for the Inception network with its contract ((N, 3, 299, 299) in [-1, 1) -> (N, D)), small
+    enough for CPU tests: fixed random convolutions on a 64 px copy, pooled to their mean and mean magnitude (so
+    that both colour layout and fine detail, blur and noise, move the features)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, width, 3, stride=1, padding=1)
+        self.conv2 = torch.nn.Conv2d(width, width, 3, stride=2, padding=1)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / conv.weight[0].numel() ** 0.5)
+                conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, 64)
+        a = self.conv1(x)
+        b = torch.relu(self.conv2(torch.relu(a)))
+        return torch.cat([a.mean(dim=(2, 3)), a.abs().mean(dim=(2, 3)), b.mean(dim=(2, 3)), b.abs().mean(dim=(2, 3))], 1) * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tmp_path_factory) -> str:
+    """The path of TinyFeatures as a TorchScript file (what eval.weights takes)."""
+    path = tmp_path_factory.mktemp("features") / "tiny.pt"
+    torch.jit.script(TinyFeatures()).save(str(path))
+    return str(path)

@@ -1,83 +1,31 @@
-"""Ray mode on a real 2-node Ray cluster on this machine (two `ray start` processes, 127.0.0.1 only).
+"""Ray mode on a real 2-node Ray cluster on this machine (tests/ray_cluster.py: two `ray start --block`
+processes on 127.0.0.1, in a loopback-only network namespace, with moto's S3 server standing in for a bucket).
 
-Ray's gRPC servers bind to every interface and `ray start` swaps 127.0.0.1 for the machine's address, so the
-cluster, its drivers and job submissions run inside a network namespace of their own that has only a loopback
-interface: no Ray traffic can leave 127.0.0.1 (where `ip netns` is unavailable, they run without it).
-One cluster for the whole module (starting one costs ~10 s, each TorchTrainer ~25 s). Every run goes through
-the real command line (`python -m distgan.train run.mode=ray ...` with RAY_ADDRESS, or `ray job submit`).
-
-Object storage: there is no cloud bucket here. moto's S3 server, on 127.0.0.1 in the same namespace, stands in
-for one; the nodes get AWS_ENDPOINT_URL pointing at it, which both pyarrow (Ray's checkpoints) and s3fs (shards,
-TensorBoard, samples) honour. Nothing else is mocked.
+One cluster for the whole session (the ray_cluster fixture in conftest.py; starting one costs ~10 s, each
+TorchTrainer ~25 s). Every run goes through the real command line (`python -m distgan.train run.mode=ray ...`
+with RAY_ADDRESS, or `ray job submit`).
 """
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-
-RAY = str(Path(sys.executable).parent / "ray")
-# The nodes run with this environment's bin/ first on PATH, as after `source .venv/bin/activate`: a job's
-# `python` is then the one with distgan's dependencies.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+from ray_cluster import ENV, RAY, RayNode, TestCluster, loopback_namespace
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loopback_namespace():
-    """(command prefix, cleanup) for a fresh network namespace with only 'lo' up; ([], None) if unavailable."""
-    name = f"distgan-test-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True)
-    if made.returncode != 0:
-        return [], None
-    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-    return ["ip", "netns", "exec", name], lambda: subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A head node and a second node, each with 2 CPUs, both on 127.0.0.1."""
-    temp = tmp_path_factory.mktemp("ray")
-    prefix, cleanup = loopback_namespace()
-    if not prefix:
-        import warnings
-
-        warnings.warn("no network namespace here: Ray binds to all interfaces for this test module")
-    port, dashboard, s3_port = 6379, 8265, 5000  # free inside the fresh namespace
-    if not prefix:
-        port, dashboard, s3_port = free_port(), free_port(), free_port()
-    ENV["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"  # before `ray start`: the nodes' workers inherit it
-    moto = subprocess.Popen([*prefix, str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(s3_port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
-    subprocess.run([*prefix, RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp}", *common],
-                   check=True, env=ENV, capture_output=True, timeout=180)
-    try:
-        subprocess.run([*prefix, RAY, "start", f"--address=127.0.0.1:{port}", *common], check=True, env=ENV,
-                       capture_output=True, timeout=180)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "prefix": prefix}
-    finally:
-        subprocess.run([*prefix, RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
-        moto.terminate()
-        moto.wait(timeout=30)
-        if cleanup:
-            cleanup()
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's 2-node cluster (conftest.py)."""
+    return ray_cluster
 
 
 def overrides(root: Path | str, cache: str, name: str, *extra: str) -> list[str]:
@@ -91,8 +39,8 @@ def overrides(root: Path | str, cache: str, name: str, *extra: str) -> list[str]
 
 
 def start_train(cluster, args, log_path: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    env = {**ENV, "RAY_ADDRESS": cluster["address"]}
-    return subprocess.Popen([*cluster["prefix"], sys.executable, "-m", "distgan.train", *args], cwd=cwd, env=env,
+    env = {**ENV, "RAY_ADDRESS": cluster.address}
+    return subprocess.Popen([*cluster.prefix, sys.executable, "-m", "distgan.train", *args], cwd=cwd, env=env,
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
@@ -159,7 +107,7 @@ def test_two_nodes_strict_spread(cluster, tmp_path, demo_cache):
 def test_job_submit(cluster, tmp_path, demo_cache):
     args = overrides(tmp_path / "shared", demo_cache, "job", "train.steps=10")
     result = subprocess.run(
-        [*cluster["prefix"], RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".", "--",
+        [*cluster.prefix, RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
          "python", "-m", "distgan.train", *args],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -217,7 +165,7 @@ def test_sigterm_checkpoints_and_rerun_resumes(cluster, tmp_path, demo_cache):
 
 def in_cluster_network(cluster, code: str, *args: str) -> None:
     """Python code run where the S3 stand-in is reachable (inside the cluster's namespace)."""
-    result = subprocess.run([*cluster["prefix"], sys.executable, "-c", code, *args], env=ENV, capture_output=True,
+    result = subprocess.run([*cluster.prefix, sys.executable, "-c", code, *args], env=ENV, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -263,15 +211,46 @@ def test_ray_job_stop_writes_a_final_checkpoint(cluster, tmp_path, demo_cache):
     args = overrides(tmp_path / "shared", demo_cache, "stopped", "train.steps=2000", "log.every=100",
                      "log.checkpoint_every=5000")
     submit = subprocess.run(
-        [*cluster["prefix"], RAY, "job", "submit", "--address", cluster["dashboard"], "--no-wait",
+        [*cluster.prefix, RAY, "job", "submit", "--address", cluster.dashboard, "--no-wait",
          "--submission-id", job_id, "--runtime-env-json", '{"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}}',
          "--working-dir", ".", "--", "python", "-m", "distgan.train", *args],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     run_dir = tmp_path / "shared" / "stopped"
     wait_for(lambda: (run_dir / "tensorboard").exists() and logged_steps(run_dir), 300, "training to start")
-    stop = subprocess.run([*cluster["prefix"], RAY, "job", "stop", "--address", cluster["dashboard"], job_id],
+    stop = subprocess.run([*cluster.prefix, RAY, "job", "stop", "--address", cluster.dashboard, job_id],
                           env=ENV, capture_output=True, text=True, timeout=180)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     stopped_at = wait_for(lambda: registered_checkpoints(run_dir), 120, "the final checkpoint")
     assert len(stopped_at) == 1 and 0 < stopped_at[0] < 2000, stopped_at
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_stopping_a_test_cluster_leaves_other_ray_processes_alive(tmp_path_factory):
+    """A Ray head of its own (as a user's cluster beside `make test`) survives the suite's cluster stopping: nodes
+    are stopped by the PIDs of their `ray start --block` processes, never with `ray stop`."""
+    prefix, cleanup = loopback_namespace("bystander")
+    tmp_path = tmp_path_factory.mktemp("by")  # short: Ray's socket paths must fit in 107 bytes
+    (tmp_path / "bystander").mkdir()
+    bystander = RayNode(prefix, ["--head", "--port=6390", "--include-dashboard=false", "--num-cpus=1",
+                                 "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                 f"--temp-dir={tmp_path / 'bystander'}"], tmp_path / "bystander.log")
+    try:
+        theirs = bystander.pids()
+        assert len(theirs) >= 3, "the head's daemons are children of its `ray start --block`"
+        (tmp_path / "ours").mkdir()
+        ours = TestCluster(tmp_path / "ours", cpus=1, workers=0, s3=False, tag="ours")
+        started = ours.pids()
+        ours.stop()
+        assert all(alive(pid) for pid in theirs), "stopping the test cluster killed another Ray"
+        assert not [pid for pid in started if alive(pid)], "the test cluster left processes behind"
+    finally:
+        bystander.stop()
+        if cleanup:
+            cleanup()

@@ -55,7 +55,7 @@ def check_pixels(images: torch.Tensor, keys: list[str]) -> None:
 
 @pytest.mark.timeout(120)
 def test_two_ranks_with_spawned_workers_split_the_data(numbered):
-    """Rank and world size reach spawned workers through ShardStream itself (DESIGN.md section 3): epoch 0 of all
+    """Rank and world size reach spawned workers through ShardStream itself (docs/design.md, section 2): epoch 0 of all
     four (rank, worker) units together is the data set, once; an uneven shard count never runs a rank dry."""
     root, keys = numbered
     urls, _ = resolve_source(str(root))

@@ -1,7 +1,7 @@
 """Training reader: WebDataset tar shards -> batches of uint8 images, split over ranks and loader workers.
 
 How the data is split (rank and world size are passed in explicitly, never read from torch.distributed inside a
-loader worker, where a spawned worker cannot see it; DESIGN.md section 3):
+loader worker, where a spawned worker cannot see it; docs/design.md, section 2):
 - "units" are (rank, loader worker) pairs. Each epoch, the shard list is permuted with a seed shared by all ranks
   and shard i goes to unit i % units, so within an epoch no two units read the same shard. With fewer shards
   than units every unit reads every shard and keeps the samples whose index % units is its own.

@@ -47,12 +47,14 @@ class ValidationStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         with_keys: bool = False,
+        limit: int = 0,
     ):
+        """limit: only the first `limit` images (in shard order); 0 = all."""
         if len(urls) != len(counts):
             raise ValueError(f"{len(urls)} shards but {len(counts)} counts")
         self.urls, self.counts = list(urls), [int(c) for c in counts]
         self.starts = [0, *itertools.accumulate(self.counts)]  # first image number of each shard, then the total
-        self.total = self.starts[-1]
+        self.total = min(self.starts[-1], limit) if limit else self.starts[-1]
         self.batch_size, self.image_size, self.channels = batch_size, image_size, channels
         self.rank, self.world_size, self.with_keys = rank, world_size, with_keys
         self.lo = rank * self.total // world_size  # this rank's images: [lo, hi)
@@ -61,12 +63,14 @@ class ValidationStream(IterableDataset):
 
     @classmethod
     def from_source(cls, source: str, batch_size: int, image_size: int, channels: int = 3, rank: int = 0,
-                    world_size: int = 1, with_keys: bool = False) -> "ValidationStream":
+                    world_size: int = 1, with_keys: bool = False, limit: int = 0,
+                    what: str = "data.source") -> "ValidationStream":
         """From a shard folder, manifest.json or brace-expanded URLs (counted once when there is no manifest)."""
-        urls, manifest = resolve_source(source)
+        urls, manifest = resolve_source(source, what)
         if manifest is not None:
-            check_manifest(manifest, image_size, channels)
-        return cls(urls, shard_counts(urls, manifest), batch_size, image_size, channels, rank, world_size, with_keys)
+            check_manifest(manifest, image_size, channels, what)
+        return cls(urls, shard_counts(urls, manifest), batch_size, image_size, channels, rank, world_size, with_keys,
+                   limit)
 
     def __len__(self) -> int:
         return self.batches

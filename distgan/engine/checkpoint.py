@@ -33,6 +33,7 @@ CHECKPOINT_FORMAT, EXPORT_FORMAT, VERSION = "distgan-checkpoint", "distgan-gener
 PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 EXPORT_PATTERN = re.compile(r"^generator-(\d+)\.pt$")
 TMP_SUFFIX = ".tmp"
+BEST_FILE = "best.pt"
 
 
 # --- the payloads -------------------------------------------------------------------------------------------------
@@ -66,8 +67,9 @@ def restore(state: TrainState, payload: dict[str, Any], dist: Dist, with_rank_st
 
 def generator_export(state: TrainState, cfg: Config, metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
     weights = {k: v.detach().cpu().clone() for k, v in state.G_ema.state_dict().items()}
-    return {"format": EXPORT_FORMAT, "version": VERSION, "step": state.step, "model": to_dict(cfg)["model"],
-            "G_ema": weights, "metrics": dict(metrics or {})}
+    config = to_dict(cfg)
+    return {"format": EXPORT_FORMAT, "version": VERSION, "step": state.step, "model": config["model"],
+            "config": config, "G_ema": weights, "metrics": dict(metrics or {})}
 
 
 # --- crash-safe files ---------------------------------------------------------------------------------------------
@@ -126,12 +128,11 @@ def numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
 
 # --- the local store (run.mode=local, and any shared path) --------------------------------------------------------
 class FolderCheckpoints:
-    """ckpt-<step>.pt files in one folder: written atomically by rank 0, the newest `keep` kept (plus `protected`
-    ones, e.g. the best by FID). load_latest() skips unreadable files, newest first, and says so."""
+    """ckpt-<step>.pt files in one folder: written atomically by rank 0, the newest `keep` kept, and best.pt.
+    load_latest() skips unreadable files, newest first, and says so."""
 
     def __init__(self, directory: str | Path, keep: int, dist: Optional[Dist] = None):
         self.directory, self.keep, self.dist = Path(directory), keep, dist or Dist()
-        self.protected: set[int] = set()
         if self.dist.is_main:
             for p in remove_stale_temporaries(self.directory):
                 log.warning("removed %s, left by a checkpoint write that did not finish", p.name)
@@ -159,14 +160,18 @@ class FolderCheckpoints:
         if not self.dist.is_main:
             return
         write_atomic(self.path(step), payload)
-        prune(numbered(self.directory, PATTERN), self.keep, self.protected)
+        prune(numbered(self.directory, PATTERN), self.keep)
+
+    def save_best(self, step: int, payload: dict[str, Any]) -> None:
+        """best.pt: the checkpoint with the best evaluation, kept besides the newest `keep`."""
+        if self.dist.is_main:
+            write_atomic(self.directory / BEST_FILE, payload)
 
 
-def prune(found: list[tuple[int, Path]], keep: int, protected: set[int] = frozenset()) -> None:
-    """Delete all but the newest `keep` of found (oldest first), sparing protected steps."""
-    for step, path in found[:-keep] if keep else found:
-        if step not in protected:
-            path.unlink(missing_ok=True)
+def prune(found: list[tuple[int, Path]], keep: int) -> None:
+    """Delete all but the newest `keep` of found (oldest first)."""
+    for _, path in found[:-keep] if keep else found:
+        path.unlink(missing_ok=True)
 
 
 # --- generator exports --------------------------------------------------------------------------------------------

@@ -76,6 +76,34 @@ class Dist:
             stacked /= self.world_size
         return dict(zip(keys, stacked.cpu().tolist()))
 
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In place: the tensor's sum over ranks (float64 statistics stay float64)."""
+        if self.active:
+            torch_dist.all_reduce(tensor)
+        return tensor
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows (N_r, ...), concatenated in rank order on every rank; N_r may differ between ranks."""
+        if not self.active:
+            return rows
+        counts = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
+        all_counts = [torch.zeros_like(counts) for _ in range(self.world_size)]
+        torch_dist.all_gather(all_counts, counts)
+        longest = int(max(c.item() for c in all_counts))
+        padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        return torch.cat([p[: int(c.item())] for p, c in zip(parts, all_counts)])
+
+    def broadcast_object(self, obj):
+        """Rank 0's Python object on every rank (small objects only)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def sum_int(self, value: int, device: torch.device) -> int:
         if not self.active:
             return value

@@ -25,6 +25,9 @@ class CheckpointStore(Protocol):
     def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
         """Keep payload as the checkpoint of step; metrics go with it where the launcher reports them."""
 
+    def save_best(self, step: int, payload: dict[str, Any]) -> None:
+        """Keep payload apart as the best checkpoint so far (by evaluation), besides the newest ones."""
+
 
 class Launcher(Protocol):
     dist: Dist  # this process's rank and world size; the default process group is already set up

@@ -4,7 +4,8 @@ Everything outside the math comes from the launcher (engine/launcher.py): the pr
 checkpoints go, stop and preemption checks, and publishing. Files the loop writes under launcher.run_dir:
     tensorboard/                      event files
     samples/step-<step>.png           fixed-latent grids from the EMA generator
-    generators/generator-<step>.pt    generator exports (EMA weights + model config) for sample/evaluate
+    generators/generator-<step>.pt    generator exports (EMA weights + config) for sample and evaluate;
+                                      generator-best.pt: the best evaluation so far
     data-keys/rank-<r>.txt            with data.record_keys: the sample keys each rank trained on
 """
 
@@ -20,6 +21,7 @@ from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
+from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import Diverged, NonFiniteWatch
 from distgan.engine.launcher import Launcher
 from distgan.engine.logger import RunLogger, grid, say
@@ -56,6 +58,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     )
     key_log = run_dir / "data-keys" / f"rank-{dist.rank}.txt" if cfg.data.record_keys else None
     real = RealBatches(stream, cfg.data.num_workers, device, key_log)
+    evaluator = Evaluator(cfg, dist, device) if cfg.eval.every else None  # reference statistics: now, or cached
 
     fixed_z = torch.randn(lg.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 7))
     fixed_z = fixed_z.to(device)
@@ -64,6 +67,11 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         logger = RunLogger(str(run_dir / "tensorboard"), t.steps, state.step, lg.progress)  # purges steps > resume
         logger.config(to_yaml(cfg))
+    if evaluator and state.step == 0 and cfg.eval.at_start:
+        results = evaluator(state.G_ema)  # the untrained generator: where the curve starts
+        if logger:
+            logger.scalars(0, results)
+            say("step 0 " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items()))
 
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     watch = NonFiniteWatch(device)
@@ -99,13 +107,29 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         sums, steps_since, tick = {}, 0, time.perf_counter()
         return True
 
-    def checkpoint_now(metrics: dict[str, float]) -> None:
+    def checkpoint_now(metrics: dict[str, float], best: bool) -> None:
         state.data_state = real.state
         dist.check_identical({"G": state.G, "D": state.D, "G_ema": state.G_ema})
         ranks = dist.gather(state.rank_state())  # every rank's data position and dropout RNG
-        store.save(state.step, build_payload(state, cfg, ranks), metrics)
+        payload = build_payload(state, cfg, ranks)
+        store.save(state.step, payload, metrics)
+        if best:
+            store.save_best(state.step, payload)
         if dist.is_main:
-            write_export(run_dir / "generators", generator_export(state, cfg, metrics), lg.keep_checkpoints)
+            export = generator_export(state, cfg, metrics)
+            write_export(run_dir / "generators", export, lg.keep_checkpoints, best=best)
+
+    def evaluate(step: int) -> tuple[dict[str, float], bool]:
+        """Collective: the metrics, and whether they are the best so far (that checkpoint is then kept apart)."""
+        results = evaluator(state.G_ema)
+        name, value = headline(results)
+        improved = not state.best or state.best["metric"] != name or value < state.best["value"]
+        if improved:
+            state.best = {"metric": name, "value": value, "step": step}
+        if dist.is_main:
+            say(f"step {step} " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items())
+                + (" (best)" if improved else ""))
+        return results, improved
 
     while state.step < t.steps:
         metrics = train_step(state, real, t, dist)
@@ -121,7 +145,8 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             wants = launcher.should_stop()  # may be collective: every rank asks
             stopping = dist.sum_int(int(wants), device) > 0
         will_save = step % lg.checkpoint_every == 0 or last or stopping or preempted
-        if (step % lg.every == 0 or will_save) and diverged():
+        evaluating = evaluator is not None and (step % cfg.eval.every == 0 or last)
+        if (step % lg.every == 0 or will_save or evaluating) and diverged():
             continue
 
         values: dict[str, float] = {}
@@ -146,8 +171,16 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             logger.images(step, images)
             save_image(grid(images), run_dir / "samples" / f"step-{step:08d}.png")
 
-        if will_save:
-            checkpoint_now(values)
+        evaluated, best = {}, False
+        if evaluating:
+            evaluated, best = evaluate(step)
+            tick += evaluated["eval/seconds"]  # images/s counts training time only
+            if logger:
+                logger.scalars(step, evaluated)
+            if not (will_save or best):
+                launcher.report(step, {**values, **evaluated})  # for a scheduler (Ray Tune); a checkpoint carries it
+        if will_save or best:
+            checkpoint_now({**values, **evaluated}, best)
         if dist.is_main and (values or will_save):
             launcher.publish()
         if preempted:

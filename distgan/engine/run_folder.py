@@ -76,6 +76,24 @@ class RunFolder:
     def glob(self, pattern: str) -> list[str]:
         return list(self.fs.glob(self.path(pattern)))
 
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open(self.path(name), "rb") as f:
+            return f.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Whole or not at all: a local file is written under a temporary name and renamed (an object store's
+        put is atomic anyway)."""
+        target = self.path(name)
+        if self.remote:
+            with self.fs.open(target, "wb") as f:
+                f.write(data)
+            return
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{target.rsplit('/', 1)[0]}/.{target.rsplit('/', 1)[1]}.tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, target)
+
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
 

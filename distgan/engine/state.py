@@ -28,6 +28,7 @@ class TrainState:
     critic_steps: int = 0
     images_seen: int = 0  # real images consumed, all ranks together
     rollbacks: int = 0  # non-finite losses recovered from by reloading a checkpoint (train.on_nonfinite=rollback)
+    best: dict = field(default_factory=dict)  # the best evaluation so far: {"metric", "value", "step"}
     data_state: dict = field(default_factory=dict)  # position of the real-data stream (per rank)
 
     @staticmethod
@@ -60,6 +61,7 @@ class TrainState:
             "critic_steps": self.critic_steps,
             "images_seen": self.images_seen,
             "rollbacks": self.rollbacks,
+            "best": dict(self.best),
         }
         return state
 
@@ -87,6 +89,7 @@ class TrainState:
         self.critic_steps = int(state["critic_steps"])
         self.images_seen = int(state["images_seen"])
         self.rollbacks = int(state.get("rollbacks", 0))
+        self.best = dict(state.get("best", {}))
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ preemption notices and for the stop file the driver writes on SIGTERM.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from distgan.config import Config, from_dict, to_dict
-from distgan.engine.checkpoint import check_payload, read_file, write_atomic
+from distgan.engine.checkpoint import check_payload, write_atomic
 from distgan.engine.distributed import Dist
 from distgan.engine.health import Diverged
 from distgan.engine.run_folder import RunFolder
@@ -58,9 +59,10 @@ class RayCheckpoints:
     def load_latest(self) -> Optional[dict[str, Any]]:
         tried = self.candidates()
         for step in tried:
-            location = self.folder.path(f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}")
+            name = f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}"
+            location = f"{self.folder.location.rstrip('/')}/{name}"
             try:
-                payload = read_file(location)
+                payload = torch.load(io.BytesIO(self.folder.read_bytes(name)), map_location="cpu", weights_only=False)
                 check_payload(payload)
                 return payload
             except Exception as exc:
@@ -81,6 +83,13 @@ class RayCheckpoints:
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
                 ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step))
         self.last_saved = step
+
+    def save_best(self, step: int, payload: dict[str, Any]) -> None:
+        """best/checkpoint.pt in the run folder, beside Ray Train's own (which keeps only the newest)."""
+        if self.dist.is_main:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            self.folder.write_bytes(f"best/{CHECKPOINT_FILE}", buffer.getvalue())
 
 
 def checkpoint_dir(step: int) -> str:
@@ -211,9 +220,10 @@ def run_ray(cfg: Config) -> str:
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=True)
-        else:  # a private local cluster, listening on loopback only; the dashboard serves Ray Train's state API
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-                     log_to_driver=True)
+        else:  # a private local cluster ("local": never join one found running on this machine), listening on
+            # loopback only; the dashboard serves Ray Train's state API
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
+                     dashboard_host="127.0.0.1", log_to_driver=True)
             check_fits(resources, cfg.ray.num_workers, ray.cluster_resources())
     trainer = TorchTrainer(
         worker_main,

@@ -1,0 +1,92 @@
+"""python -m distgan.evaluate RUN_OR_CHECKPOINT [--metrics fid,kid,swd] [--num N] [--data SOURCE] [--json OUT]
+
+Sample quality of a generator: a run folder (its newest generator export; local or Ray mode, a path or s3:// /
+gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's data.source;
+its statistics are computed once and cached next to the shards (docs/evaluation.md). Prints a table, and writes
+the numbers as JSON with --json. Runs in this process, on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from distgan.cli import run_main
+from distgan.config import from_dict, load_config, to_dict, validate
+from distgan.engine.checkpoint import find_generator, load_generator, read_file
+from distgan.engine.distributed import Dist
+from distgan.errors import UserError
+
+
+def build_config(run_config: dict, args: argparse.Namespace):
+    """The run's own config with the evaluation settings of this command on top."""
+    base = to_dict(load_config(None, []))
+    base.update({k: v for k, v in run_config.items() if k in base})
+    cfg = from_dict(base)
+    ev = cfg.eval
+    if args.metrics:
+        ev.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.num is not None:
+        ev.num_samples = args.num
+    if args.num_real is not None:
+        ev.num_real = args.num_real
+    if args.data:
+        ev.source = args.data
+    if args.weights:
+        ev.weights = args.weights
+    if args.batch_size:
+        ev.batch_size = args.batch_size
+    if args.kid_subset_size:
+        ev.kid_subset_size = args.kid_subset_size
+    ev.kid_subset_size = min(ev.kid_subset_size, ev.num_samples)
+    if args.cache_dir:
+        cfg.data.cache_dir = args.cache_dir
+    cfg.run.mode = "local"
+    validate(cfg)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--metrics", help="comma-separated: fid, kid, swd (default: the run's eval.metrics)")
+    p.add_argument("--num", type=int, help="generated images (default: the run's eval.num_samples)")
+    p.add_argument("--num-real", type=int, help="real images for the reference statistics (0: all)")
+    p.add_argument("--data", help="reference data set (default: the run's data.source)")
+    p.add_argument("--weights", help="feature network file (default: the standard Inception)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--kid-subset-size", type=int)
+    p.add_argument("--cache-dir", help="where the demo data and uncachable statistics go (data.cache_dir)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    location = find_generator(args.source)
+    G, info = load_generator(location)
+    export = read_file(location)
+    run_config = export.get("config") or {"model": export.get("model") or export["config"]["model"]}
+    cfg = build_config(run_config, args)
+    from distgan.evaluation.evaluator import Evaluator, check_evaluation
+
+    check_evaluation(cfg)
+    device = torch.device(args.device)
+    evaluator = Evaluator(cfg, Dist(), device)
+    results = evaluator(G.to(device))
+    rows = [("generator", str(location)), ("step", str(info["step"])), ("generated", str(cfg.eval.num_samples)),
+            ("reference", cfg.eval.source or cfg.data.source)]
+    rows += [(k.removeprefix("eval/"), f"{v:.4f}" if "seconds" not in k else f"{v:.1f}") for k, v in results.items()]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"generator": str(location), "step": info["step"],
+                                         "num_samples": cfg.eval.num_samples, **results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,137 @@
+"""Reference statistics of the real data: computed once per data set (every rank takes its share of the images),
+then cached next to the shards and read back by every later run and evaluation.
+
+Cache file: <shard folder>/fid-stats/<key>.pt, or <data.cache_dir>/fid-stats/ when the shard folder cannot be
+written (a read-only bucket). The key is a hash of everything the numbers depend on: the shard list and their
+counts (the manifest), the number of images used, resolution, channels, the feature network file (its sha1), the
+metrics, how many images KID/SWD keep, and the preprocessing version. Another data set, size or network gives
+another key, never stale numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import fsspec
+import torch
+
+from distgan.config import Config
+from distgan.data.demo import ensure_demo_shards
+from distgan.data.validation import ValidationStream, validation_batches
+from distgan.engine.distributed import Dist
+from distgan.engine.logger import say
+from distgan.errors import DataSourceError, first_line
+from distgan.evaluation.inception import FeatureNetwork, to_uint8
+from distgan.evaluation.statistics import SetStatistics
+
+log = logging.getLogger(__name__)
+
+PREPROCESSING = "uint8, tf1x-bilinear-299, (x-128)/128; swd area-16; v1"
+
+
+def reference_source(cfg: Config) -> str:
+    source = cfg.eval.source or cfg.data.source
+    if source == "demo":
+        return ensure_demo_shards(cfg.data.cache_dir, cfg.model.image_size, cfg.data.demo_images, cfg.model.channels)
+    return source
+
+
+def shard_folder(stream: ValidationStream) -> str:
+    return stream.urls[0].rsplit("/", 1)[0]
+
+
+def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: int) -> str:
+    facts = {"urls": [u.rsplit("/", 1)[-1] for u in stream.urls], "counts": stream.counts, "images": stream.total,
+             "size": cfg.model.image_size, "channels": cfg.model.channels, "network": network_digest,
+             "metrics": sorted(cfg.eval.metrics), "keep": keep, "preprocessing": PREPROCESSING}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_locations(cfg: Config, stream: ValidationStream, key: str) -> list[str]:
+    fallback = os.path.join(os.path.expanduser(cfg.data.cache_dir), "fid-stats", f"{key}.pt")
+    return [f"{shard_folder(stream)}/fid-stats/{key}.pt", fallback]
+
+
+def read_cache(locations: list[str]) -> Optional[dict]:
+    for location in locations:
+        try:
+            fs, path = fsspec.core.url_to_fs(location)
+            if fs.exists(path):
+                with fs.open(path, "rb") as f:
+                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            log.warning("reference statistics at %s cannot be read (%s): recomputing", location, first_line(exc))
+    return None
+
+
+def write_cache(locations: list[str], stats: dict) -> str:
+    """The first location that can be written (atomically: a temporary name, then a rename)."""
+    for location in locations:
+        try:
+            fs, path = fsspec.core.url_to_fs(location)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            buffer = io.BytesIO()
+            torch.save(stats, buffer)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with fs.open(tmp, "wb") as f:
+                f.write(buffer.getvalue())
+            fs.mv(tmp, path)
+            return location
+        except Exception as exc:
+            log.warning("cannot write reference statistics to %s (%s)", location, first_line(exc))
+    return ""
+
+
+class ReferenceCounter:
+    """How many times reference statistics were computed rather than read (tests assert on it)."""
+
+    computed = 0
+
+
+def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network: Optional[FeatureNetwork],
+                         network_digest: str) -> dict:
+    """Collective. The real data's gathered statistics (statistics.SetStatistics.gathered), from the cache or
+    computed now by all ranks together. Rank 0, which computes the metrics, gets them; other ranks may get {}."""
+    ev = cfg.eval
+    source = reference_source(cfg)
+    what = "eval.source" if ev.source else "data.source"
+    stream = ValidationStream.from_source(source, ev.batch_size, cfg.model.image_size, cfg.model.channels,
+                                          dist.rank, dist.world_size, limit=ev.num_real, what=what)
+    keep = min(ev.num_samples, stream.total)
+    if "kid" in ev.metrics and keep < ev.kid_subset_size:
+        raise DataSourceError(f"{what}: {stream.total} real images, KID needs eval.kid_subset_size="
+                              f"{ev.kid_subset_size}")
+    key = cache_key(cfg, stream, network_digest, keep)
+    locations = cache_locations(cfg, stream, key)
+    cached = read_cache(locations) if dist.is_main else None
+    if dist.broadcast_object(cached is not None):
+        if dist.is_main:
+            say(f"reference statistics: {stream.total} real images, read from the cache ({key})")
+        return cached if dist.is_main else {}  # the metrics are computed on rank 0
+
+    ReferenceCounter.computed += 1
+    started = time.perf_counter()
+    stats = SetStatistics(ev.metrics, network.num_features if network else 1, keep, device, cfg.model.channels)
+    done, last_line = 0, time.perf_counter()
+    index = stream.lo
+    for images, valid in validation_batches(stream, device=device):
+        images = images[:valid]
+        features = network(to_uint8(images)) if network is not None else None
+        stats.add(index, images, features)
+        index += valid
+        done += valid
+        if dist.is_main and time.perf_counter() - last_line > 30:
+            say(f"reference statistics: {done * dist.world_size}/{stream.total} real images (estimate)")
+            last_line = time.perf_counter()
+    gathered = stats.gathered(dist)
+    if dist.is_main:
+        where = write_cache(locations, gathered)
+        say(f"reference statistics: {stream.total} real images in {time.perf_counter() - started:.0f} s, "
+            f"cached at {where or '(nowhere writable)'}")
+    return gathered
