@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from distgan.cli import config_from_args, run_main
+from distgan.engine.loop import best_so_far
 
 log = logging.getLogger("distgan.train")
 
@@ -27,15 +28,25 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(cfg.run.root) / cfg.run.name
         log.info("run directory: %s", run_dir.resolve())
         state = train_local(cfg, run_dir)
-        log.info("done at step %d; checkpoints, samples and TensorBoard events in %s", state.step, run_dir)
+        print(summary(str(run_dir), state.step, best_so_far(state.best)))
     else:
         from distgan.data.sources import resolve_shards
         from distgan.launch.ray_train import run_ray
 
         resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
-        run_dir = run_ray(cfg)
-        log.info("done; checkpoints, samples and TensorBoard events in %s", run_dir)
+        run_dir, metrics = run_ray(cfg)
+        print(summary(run_dir, int(metrics.get("step", cfg.train.steps)), metrics))
     return 0
+
+
+def summary(run_dir: str, step: int, metrics: dict) -> str:
+    """Where the run is and its best evaluation (metrics: loop.best_so_far's keys, among others)."""
+    lines = [f"done at step {step}: {run_dir}"]
+    best = {k.removeprefix("best/eval/"): v for k, v in metrics.items() if k.startswith("best/eval/")}
+    for name, value in best.items():
+        lines.append(f"  best {name} {value:.4g} at step {int(metrics['best/step'])} (generators/generator-best.pt)")
+    lines.append(f"  samples/  generators/  tensorboard/   tensorboard --logdir {run_dir}/tensorboard")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

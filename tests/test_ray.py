@@ -121,6 +121,12 @@ def test_job_submit(cluster, tmp_path, demo_cache):
                               "--num", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert sampled.returncode == 0, sampled.stderr
     assert len(list((tmp_path / "s").glob("*.png"))) == 4  # the grid and 3 images
+    # so does the evaluator (SWD: no network needed)
+    evaluated = subprocess.run([sys.executable, "-m", "distgan.evaluate", str(run_dir), "--metrics", "swd", "--num",
+                                "64", "--cache-dir", demo_cache, "--json", str(tmp_path / "e.json")], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "e.json").read_text())["step"] == 10
 
 
 def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
@@ -201,6 +207,14 @@ def test_object_storage_shards_checkpoints_and_resume(cluster, tmp_path, demo_ca
     assert logged_steps(run_dir) == [5, 10, 15, 20]  # two runs' event files, one continuous step axis
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-00000010.png", "step-00000020.png"]
     assert sorted(p.name for p in (run_dir / "workers").iterdir()) == ["rank-0.json", "rank-1.json"]
+    # exports pruned on the bucket as in staging: the newest log.keep_checkpoints (3), and the best one
+    assert sorted(p.name for p in (run_dir / "generators").iterdir()) == [
+        "generator-00000010.pt", "generator-00000020.pt", "generator-best.pt"]
+    # the evaluator reads the run straight from the bucket
+    result = cluster.run([sys.executable, "-m", "distgan.evaluate", "s3://distgan-test/runs/s3run", "--metrics", "swd",
+                          "--num", "64", "--cache-dir", demo_cache], cwd=ROOT, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "swd" in result.stdout and "s3://distgan-test/runs/s3run/generators/generator-00000020.pt" in result.stdout
 
 
 def test_ray_job_stop_writes_a_final_checkpoint(cluster, tmp_path, demo_cache):

@@ -36,6 +36,11 @@ def sample_fixed(state: TrainState, z: torch.Tensor) -> torch.Tensor:
     return state.G_ema(z).cpu()
 
 
+def best_so_far(best: dict) -> dict[str, float]:
+    """The best evaluation as flat metrics, e.g. {"best/eval/fid": 31.2, "best/step": 40000}."""
+    return {f"best/{best['metric']}": best["value"], "best/step": float(best["step"])} if best else {}
+
+
 def train(cfg: Config, launcher: Launcher) -> TrainState:
     """Train until train.steps generator updates, resuming from the launcher's newest checkpoint."""
     dist, device, run_dir, store = launcher.dist, launcher.device, launcher.run_dir, launcher.checkpoints
@@ -174,6 +179,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         evaluated, best = {}, False
         if evaluating:
             evaluated, best = evaluate(step)
+            evaluated.update(best_so_far(state.best))
             tick += evaluated["eval/seconds"]  # images/s counts training time only
             if logger:
                 logger.scalars(step, evaluated)

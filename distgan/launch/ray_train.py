@@ -22,6 +22,7 @@ from distgan.engine.checkpoint import check_payload, write_atomic
 from distgan.engine.distributed import Dist
 from distgan.engine.health import Diverged
 from distgan.engine.run_folder import RunFolder
+from distgan.launch.ray_output import quiet_driver_output, quiet_worker_logging
 from distgan.errors import StorageError, UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def worker_main(config: dict[str, Any]) -> None:
     # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
     logging.getLogger("distgan").setLevel(logging.INFO)
     cfg = from_dict(config["config"])
+    quiet_worker_logging(cfg.ray.log_level)
     launcher = RayLauncher(cfg)
     assert launcher.dist.world_size == cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
     describe_worker(launcher.folder, launcher.dist.rank)
@@ -196,13 +198,15 @@ def with_absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
-def run_ray(cfg: Config) -> str:
-    """The driver: join (or start) a cluster, fit a TorchTrainer, return the run directory."""
+def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
+    """The driver: join (or start) a cluster, fit a TorchTrainer; returns the run directory and the last
+    reported metrics."""
     if os.environ.get(JOB_MARKER) and "://" not in cfg.run.root and not Path(cfg.run.root).expanduser().is_absolute():
         raise UserError(f"run.root={cfg.run.root} is relative, and a `ray job submit` job runs in Ray's temporary "
                         f"copy of the working directory: give a shared absolute path or a URL (s3://, gs://)")
     cfg = with_absolute_paths(cfg)
     import ray
+    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -225,6 +229,7 @@ def run_ray(cfg: Config) -> str:
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
                      dashboard_host="127.0.0.1", log_to_driver=True)
             check_fits(resources, cfg.ray.num_workers, ray.cluster_resources())
+    quiet_driver_output()
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={"config": to_dict(cfg)},
@@ -241,7 +246,7 @@ def run_ray(cfg: Config) -> str:
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep_checkpoints),
             # Ray Train's own INFO records (every report, worker-group start) stay in the session's log files
-            logging_config=ray.LoggingConfig(log_level=cfg.ray.log_level),
+            logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
         ),
     )
 
@@ -260,7 +265,7 @@ def run_ray(cfg: Config) -> str:
             signal.signal(sig, handler)
     if result.error:
         raise_worker_error(result.error)
-    return folder.location
+    return folder.location, dict(result.metrics or {})
 
 
 def raise_worker_error(error: BaseException) -> None:
