@@ -44,7 +44,7 @@ def build_config(run_config: dict, args: argparse.Namespace):
     ev.kid_subset_size = min(ev.kid_subset_size, ev.num_samples)
     if args.cache_dir:
         cfg.data.cache_dir = args.cache_dir
-    cfg.run.mode = "local"
+    cfg.run.mode, cfg.run.root = "local", "."  # evaluation writes no run folder; the run's own may be a URL
     validate(cfg)
     return cfg
 

@@ -51,6 +51,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     payload = store.load_latest()
     if payload is not None:
         same_layout = restore(state, payload, dist)
+        state.apply_hyperparameters(t)
         if dist.is_main:
             if not same_layout:
                 log.warning("checkpoint has %d ranks, this run %d: data streams restart", len(payload["ranks"]),
@@ -101,6 +102,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             raise Diverged(f"training diverged: {problem}, and there is no checkpoint to roll back to")
         rollbacks = state.rollbacks + 1
         restore(state, good, dist, with_rank_state=False)  # the data streams go on: other batches this time
+        state.apply_hyperparameters(t)
         state.rollbacks = rollbacks
         state.noise.reseed(t.seed, state.step, rollbacks)  # and other latents and alphas
         watch.reset()
@@ -165,6 +167,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             values["data/bad_samples"] = float(dist.sum_int(real.bad_samples, device))
             values["lr/generator"] = state.opt_g.param_groups[0]["lr"]
             values["lr/critic"] = state.opt_d.param_groups[0]["lr"]
+            values["hparams/n_critic"], values["hparams/gp_weight"] = float(t.n_critic), float(t.gp_weight)
             values["progress/images_seen"] = float(state.images_seen)
             if logger:
                 logger.scalars(step, values)

@@ -78,6 +78,13 @@ class TrainState:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda_rng"])
 
+    def apply_hyperparameters(self, t) -> None:
+        """The config's learning rates and betas on the live optimizers: after a restore they hold the checkpoint's
+        (a rerun with another train.lr_g, or a PBT exploit with mutated values, must train with the new ones)."""
+        for opt, lr in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (t.beta1, t.beta2)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])

@@ -1,0 +1,182 @@
+"""Ray mode, inside each Ray Train worker: the launcher contract (engine/launcher.py) on Ray's terms.
+
+The worker hands the loop the process group TorchTrainer set up, Ray's device, Ray Train's checkpoints (this file
+is the one place that knows their folder layout), the driver's stop file, Ray's preemption notices, and a run
+folder that may be on object storage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from distgan.config import Config, from_dict
+from distgan.engine.checkpoint import check_payload, read_file, write_atomic
+from distgan.engine.distributed import Dist
+from distgan.engine.run_folder import RunFolder
+from distgan.errors import StorageError, first_line
+from distgan.launch.ray_output import quiet_worker_logging
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM or Ctrl-C
+
+
+class RayCheckpoints:
+    """Ray Train's checkpoints: run_dir/checkpoint_<step>/checkpoint.pt, registered by ray.train.report.
+
+    Every rank calls save (ray.train.report is collective); rank 0 attaches the payload. load_latest() starts at
+    the checkpoint Ray hands a (re)started worker group, or at the one this attempt saved last (a rollback), and
+    falls back to older checkpoint folders of the run when that one cannot be read.
+    """
+
+    def __init__(self, dist: Dist, folder: RunFolder, start_from: str = ""):
+        """folder: the Train run's own folder (storage_path/name). start_from: a checkpoint folder of another Train
+        run to start from when this one has none yet (a Tune trial restored or exploited by PBT)."""
+        self.dist, self.folder, self.start_from = dist, folder, start_from
+        self.last_saved: Optional[int] = None
+
+    def candidates(self) -> list[int]:
+        """Steps to try, newest first: never past the newest checkpoint Ray registered (or this attempt saved)."""
+        import ray.train
+
+        newest = self.last_saved
+        if newest is None:
+            checkpoint = ray.train.get_checkpoint()
+            if checkpoint is None:
+                return []
+            newest = checkpoint_step(Path(checkpoint.path).name)
+        found = {checkpoint_step(p.rsplit("/", 2)[-2]) for p in self.folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
+        return sorted({s for s in found if s is not None and s <= newest} | {newest}, reverse=True)
+
+    def load_latest(self) -> Optional[dict[str, Any]]:
+        tried = self.candidates()
+        if not tried and self.start_from:
+            location = f"{self.start_from.rstrip('/')}/{CHECKPOINT_FILE}"
+            try:
+                payload = read_file(location)
+                check_payload(payload)
+            except Exception as exc:
+                raise StorageError(f"cannot start from {location}: {first_line(exc)}") from None
+            return payload
+        for step in tried:
+            name = f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}"
+            location = f"{self.folder.location.rstrip('/')}/{name}"
+            try:
+                payload = torch.load(io.BytesIO(self.folder.read_bytes(name)), map_location="cpu", weights_only=False)
+                check_payload(payload)
+                return payload
+            except Exception as exc:
+                log.warning("checkpoint %s cannot be read (%s): trying the one before", location, first_line(exc))
+        if tried:
+            raise StorageError(f"none of the {len(tried)} checkpoints in {self.folder.location} can be read")
+        return None
+
+    def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
+        import ray.train
+
+        report = {"step": step, **metrics}
+        if not self.dist.is_main:
+            ray.train.report(report)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                write_atomic(Path(folder) / CHECKPOINT_FILE, payload)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step))
+        self.last_saved = step
+
+    def save_best(self, step: int, payload: dict[str, Any]) -> None:
+        """best/checkpoint.pt in the run folder, beside Ray Train's own (which keeps only the newest)."""
+        if self.dist.is_main:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            self.folder.write_bytes(f"best/{CHECKPOINT_FILE}", buffer.getvalue())
+
+
+def checkpoint_dir(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def checkpoint_step(name: str) -> Optional[int]:
+    head, _, number = name.partition("_")
+    return int(number) if head == "checkpoint" and number.isdigit() else None
+
+
+def describe_worker(folder: RunFolder, rank: int) -> None:
+    """workers/rank-N.json in the run folder: where each rank runs (node, pid), for operators and the fault test."""
+    import ray
+
+    info = {"rank": rank, "pid": os.getpid(), "hostname": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id()}
+    folder.write_text(f"workers/rank-{rank}.json", json.dumps(info))
+
+
+class RayLauncher:
+    """The launcher contract (engine/launcher.py) inside a Ray Train worker: the process group TorchTrainer set
+    up, Ray's device, Ray's checkpoints, the driver's stop file, Ray's preemption notices, and a run folder that
+    may be on object storage (TensorBoard and samples are staged locally and copied up by publish)."""
+
+    def __init__(self, cfg: Config, run_dir: str, train_run_dir: str, start_from: str = ""):
+        """run_dir: run.root/run.name (TensorBoard, samples, exports); train_run_dir: where Ray Train keeps this
+        run's checkpoints (the same folder, except in a Tune trial); start_from: see RayCheckpoints."""
+        import ray.train.torch
+
+        self.dist = Dist.from_process_group()
+        self.device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.local
+        train_folder = self.folder if train_run_dir == run_dir else RunFolder(train_run_dir)
+        self.checkpoints = RayCheckpoints(self.dist, train_folder, start_from)
+
+    def should_stop(self) -> bool:
+        """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
+        hiccup here must not kill a worker."""
+        if not self.dist.is_main:
+            return False
+        try:
+            return self.folder.exists(STOP_FILE)
+        except Exception as exc:
+            log.warning("could not check %s: %s", STOP_FILE, exc)
+            return False
+
+    def preempted(self) -> bool:
+        import ray.train
+
+        return ray.train.get_preemption_info() is not None  # a barrier: the loop calls it on every rank alike
+
+    def publish(self) -> None:
+        self.folder.sync_soon()
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report({"step": step, **metrics})
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker; TorchTrainer has already joined the process group. config: "config" (the
+    training config), "run_dir", "train_run_dir", "start_from" (ray_train.build_trainer writes them)."""
+    from distgan.engine.loop import train
+
+    # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
+    logging.getLogger("distgan").setLevel(logging.INFO)
+    cfg = from_dict(config["config"])
+    quiet_worker_logging(cfg.ray.log_level)
+    launcher = RayLauncher(cfg, config["run_dir"], config["train_run_dir"], config.get("start_from", ""))
+    assert launcher.dist.world_size == cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
+    describe_worker(launcher.folder, launcher.dist.rank)
+    try:
+        train(cfg, launcher)
+    finally:
+        launcher.folder.close()
+
+

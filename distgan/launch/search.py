@@ -1,0 +1,169 @@
+"""The `search:` section of a tune config: the space, the scheduler, the metric; parsed and checked up front.
+
+    search:
+      name: celeba64-asha          # the search's folder under storage; rerunning with the name resumes it
+      storage: ""                  # "" = run.root (a path every node sees, or s3://, gs://)
+      num_samples: 16              # trials (with grid keys: samples per grid point)
+      scheduler: asha              # asha | pbt
+      metric: eval/fid             # one of eval/<m> for m in eval.metrics
+      mode: min
+      max_concurrent_trials: 0     # 0 = as many as the cluster's free resources hold
+      driver_cpus: 0.1             # each trial's driver (the TorchTrainer's caller) asks for this only
+      space:                       # any training key: {choice: [...]}, {uniform: [lo, hi]},
+        train.lr_g: {loguniform: [1.0e-5, 1.0e-3]}   # {loguniform: [lo, hi]}, {grid: [...]}, or a plain value
+        train.n_critic: {choice: [1, 3, 5]}
+      asha: {grace_period: 0, reduction_factor: 2}                 # grace 0 = eval.every
+      pbt: {quantile_fraction: 0.5, resample_probability: 0.25}    # perturbation interval = eval.every
+
+Every mistake (an unknown key, an empty choice, low > high, loguniform with low <= 0, an unknown scheduler or
+metric, PBT over a key it cannot change in a live run) is a ConfigError naming the key, before any trial starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from distgan.config import Config, load_config, to_dict
+from distgan.errors import ConfigError
+
+KINDS = ("choice", "uniform", "loguniform", "grid")
+SCHEDULERS = ("asha", "pbt")
+# what PBT may change in a running trial: applied to the live optimizers and step schedule after an exploit
+PBT_MUTABLE = ("train.lr_g", "train.lr_d", "train.beta1", "train.beta2", "train.n_critic", "train.gp_weight")
+
+
+@dataclass
+class SearchConfig:
+    name: str = "search"
+    storage: str = ""
+    num_samples: int = 4
+    scheduler: str = "asha"
+    metric: str = "eval/fid"
+    mode: str = "min"
+    max_concurrent_trials: int = 0
+    driver_cpus: float = 0.1
+    space: dict = field(default_factory=dict)
+    asha: dict = field(default_factory=dict)
+    pbt: dict = field(default_factory=dict)
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(training overrides, search overrides without the "search." prefix)."""
+    train, search = [], []
+    for item in overrides:
+        (search if item.startswith("search.") else train).append(item.removeprefix("search."))
+    return train, search
+
+
+def load_search(path: str | None, overrides: list[str]) -> tuple[Config, SearchConfig]:
+    """A tune config: the training config (validated as for distgan.train) and its search section."""
+    train_overrides, search_overrides = split_overrides(overrides)
+    raw = {}
+    if path is not None:
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except Exception as exc:
+            raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    search_raw = raw.pop("search", {}) or {}
+    train_yaml = OmegaConf.to_yaml(OmegaConf.create(raw))
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(train_yaml)
+        f.flush()
+        cfg = load_config(f.name, train_overrides)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SearchConfig), search_raw,
+                                 OmegaConf.from_dotlist(search_overrides))
+        search: SearchConfig = OmegaConf.to_object(merged)
+    except Exception as exc:
+        key = getattr(exc, "full_key", "")
+        raise ConfigError(f"search.{key}: {str(exc).splitlines()[0]}" if key else f"search: {exc}") from None
+    validate_search(cfg, search)
+    return cfg, search
+
+
+def validate_search(cfg: Config, s: SearchConfig) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"search.{key}: {msg}")
+
+    need(bool(s.name) and "/" not in s.name, "name", f"must be a non-empty name without '/', got {s.name!r}")
+    need(s.num_samples >= 1, "num_samples", f"must be >= 1, got {s.num_samples}")
+    need(s.scheduler in SCHEDULERS, "scheduler", f"must be one of {SCHEDULERS}, got {s.scheduler!r}")
+    need(s.mode in ("min", "max"), "mode", f"must be min or max, got {s.mode!r}")
+    need(s.max_concurrent_trials >= 0, "max_concurrent_trials", f"must be >= 0, got {s.max_concurrent_trials}")
+    need(s.driver_cpus > 0, "driver_cpus", f"must be > 0, got {s.driver_cpus}")
+    produced = [f"eval/{m}" for m in cfg.eval.metrics]
+    need(s.metric in produced, "metric",
+         f"{s.metric!r} is not reported: trials report {produced} (eval.metrics), every eval.every steps")
+    if cfg.eval.every == 0:
+        raise ConfigError("eval.every: a search needs evaluations to rank trials by; set eval.every > 0")
+    need(bool(s.space), "space", "is empty: name at least one training key to search over")
+    known = to_dict(cfg)
+    for key, spec in s.space.items():
+        parts = key.split(".")
+        section = known.get(parts[0]) if len(parts) == 2 else None
+        need(isinstance(section, dict) and parts[1] in section, f"space.{key}", "is not a training config key")
+        need(parts[0] not in ("run",), f"space.{key}", "run.* cannot be searched (each trial has its own folder)")
+        check_domain(f"space.{key}", spec, need)
+    if s.scheduler == "pbt":
+        for key in s.space:
+            need(key in PBT_MUTABLE, f"space.{key}",
+                 f"PBT can only mutate {', '.join(PBT_MUTABLE)} in a live run (search it with asha instead)")
+            need(isinstance(s.space[key], dict) and "grid" not in s.space[key], f"space.{key}",
+                 "PBT needs a choice, uniform or loguniform domain to resample from (not grid, not a value)")
+    unknown = set(s.asha) - {"grace_period", "reduction_factor"}
+    need(not unknown, "asha", f"unknown keys {sorted(unknown)}")
+    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability"}
+    need(not unknown, "pbt", f"unknown keys {sorted(unknown)}")
+
+
+def check_domain(where: str, spec: Any, need) -> None:
+    if not isinstance(spec, dict):
+        return  # a plain value: the same in every trial
+    need(len(spec) == 1 and next(iter(spec)) in KINDS, where, f"must be a value or one of {{{', '.join(KINDS)}: ...}}")
+    kind, values = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        need(isinstance(values, list) and len(values) > 0, where, f"{kind} needs a non-empty list")
+        return
+    need(isinstance(values, list) and len(values) == 2 and all(isinstance(v, (int, float)) for v in values), where,
+         f"{kind} needs [low, high]")
+    low, high = values
+    need(math.isfinite(low) and math.isfinite(high) and low < high, where, f"{kind} needs low < high, got {values}")
+    need(kind != "loguniform" or low > 0, where, f"loguniform needs low > 0, got {low}")
+
+
+def tune_domain(spec: Any):
+    """A search.space entry as a Ray Tune domain."""
+    from ray import tune
+
+    if not isinstance(spec, dict):
+        return spec
+    kind, values = next(iter(spec.items()))
+    if kind == "choice":
+        return tune.choice(values)
+    if kind == "grid":
+        return tune.grid_search(values)
+    if kind == "uniform":
+        return tune.uniform(*values)
+    return tune.loguniform(*values)
+
+
+def apply_params(cfg: Config, params: dict[str, Any]) -> Config:
+    """A trial's config: the base training config with the sampled values, validated."""
+    from distgan.config import from_dict, validate
+
+    data = to_dict(cfg)
+    for key, value in params.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    trial = from_dict(data)
+    validate(trial)
+    return trial

@@ -1,0 +1,127 @@
+"""One Ray Tune trial: a small driver that fits a TorchTrainer (Ray 2.60's supported shape for Train V2) and bridges
+its reports, checkpoints included, to Tune.
+
+Why a bridge: ray.tune.integration.ray_train.TuneReportCallback forwards a Train run's metrics to Tune but not its
+checkpoints, so PBT never exploits ("no checkpoint for trial ... Skip exploit") and a restored search restarts
+trials from scratch. CheckpointBridge is that callback with the checkpoint kept: on the Train controller it puts
+(metrics, checkpoint path) on a ray.util.queue.Queue; the trial's driver runs trainer.fit() in a thread and its
+main thread calls ray.tune.report(metrics, checkpoint=...) with each.
+
+What Tune stores is a pointer, not a copy: a one-file checkpoint naming the Train checkpoint folder (which holds
+the full training state), so no checkpoint is stored twice. On a restart (PBT exploit, restored search) the trial
+reads ray.tune.get_checkpoint(), and its workers start from the folder it names, with the trial's own (possibly
+mutated) hyperparameters applied to the live optimizers and step schedule. The Train run name changes with the
+starting checkpoint: with the same name, Train V2 would resume the trial's own previous run instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue as queue_lib
+import shutil
+import tempfile
+import threading
+from typing import Any, Optional
+
+from distgan.config import from_dict
+from distgan.engine.run_folder import RunFolder
+from distgan.launch.ray_train import build_trainer, raise_worker_error
+from distgan.launch.search import apply_params
+
+POINTER = "train_checkpoint.json"
+SEARCH_KEY, BASE_KEY = "_search", "_distgan"  # the constant parts of a trial's Tune config
+
+
+def make_bridge(q, metric: str):
+    from ray.train import UserCallback
+
+    class CheckpointBridge(UserCallback):
+        """Reports that carry the search's metric go to the trial driver, with their checkpoint's path."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metric in metrics[0]:
+                q.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None))
+
+    return CheckpointBridge()
+
+
+def report_with_pointer(metrics: dict[str, Any], path: Optional[str]) -> None:
+    """ray.tune.report, with a one-file checkpoint that names the Train checkpoint folder (Tune copies it to the
+    trial's storage before report returns; the local copy then goes)."""
+    import ray.tune
+
+    if path is None:
+        ray.tune.report(metrics)
+        return
+    folder = tempfile.mkdtemp(prefix="distgan-pointer-")
+    try:
+        with open(os.path.join(folder, POINTER), "w") as f:
+            json.dump({"path": path, "step": int(metrics["step"])}, f)
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_pointer(checkpoint) -> str:
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, POINTER)) as f:
+            return json.load(f)["path"]
+
+
+def note_start(cfg, trial: str, start_from: str, params: dict[str, Any]) -> None:
+    """trials/<trial>/starts.jsonl: every restart of the trial, from which checkpoint, with which values. A start
+    from another trial's checkpoint is a PBT exploit ("exploit": true): the history docs/tune.md shows how to read."""
+    donor_run = start_from.rstrip("/").rsplit("/", 2)[-2]
+    record = {"trial": trial, "from": start_from, "step": int(start_from.rstrip("/").rsplit("_", 1)[-1]),
+              "exploit": not donor_run.startswith(trial), "config": params}
+    folder = RunFolder(f"{cfg.run.root}/{cfg.run.name}")
+    name = "starts.jsonl"
+    previous = folder.read_text(name) if folder.exists(name) else ""
+    folder.write_text(name, previous + json.dumps(record) + "\n")
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in (SEARCH_KEY, BASE_KEY)}
+
+
+def trial_driver(config: dict[str, Any]) -> None:
+    """The Tune trainable: config holds the base training config, the search's constants and this trial's values."""
+    import ray.tune
+    from ray.util.queue import Empty, Queue
+
+    search = config[SEARCH_KEY]
+    cfg = apply_params(from_dict(config[BASE_KEY]), trial_params(config))
+    trial = ray.tune.get_context().get_trial_id()
+    cfg.run.root, cfg.run.name = f"{search['dir']}/trials", trial  # TensorBoard, samples, exports: stable per trial
+    start_from = ""
+    restored = ray.tune.get_checkpoint()
+    if restored is not None:
+        start_from = read_pointer(restored)
+        note_start(cfg, trial, start_from, params=trial_params(config))
+    train_name = trial + (f"-from-{hashlib.sha1(start_from.encode()).hexdigest()[:10]}" if start_from else "")
+    q = Queue(actor_options={"num_cpus": 0})
+    trainer = build_trainer(cfg, train_name, f"{search['dir']}/train", start_from, [make_bridge(q, search["metric"])])
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # reported from the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="trainer-fit", daemon=True)
+    thread.start()
+    while thread.is_alive() or not q.empty():
+        try:
+            metrics, path = q.get(timeout=1.0)
+        except (Empty, queue_lib.Empty):
+            continue
+        report_with_pointer(metrics, path)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    if result.error:
+        raise_worker_error(result.error)

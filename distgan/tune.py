@@ -1,0 +1,154 @@
+"""python -m distgan.tune --config configs/tune.yaml [key=value ...] [search.key=value ...]
+
+A Ray Tune search over training keys (docs/tune.md). Each trial is a full `distgan.train` run in Ray mode (its own
+TorchTrainer with ray.num_workers workers) driven by a small trial driver; ASHA stops weak trials early, PBT
+copies the full state of good trials into weak ones and mutates their hyperparameters. Joins the cluster named by
+ray.address or RAY_ADDRESS (so `ray job submit -- python -m distgan.tune ...` works), or starts a local one.
+
+Writes to <search.storage or run.root>/<search.name>/: Tune's own folder (trial results, pointer checkpoints),
+train/ (Ray Train's checkpoints of every trial), trials/<trial>/ (TensorBoard, samples, generator exports: view
+them together with `tensorboard --logdir .../trials`), trials.csv and best.yaml (a config that
+`python -m distgan.train --config` takes unchanged). Rerunning with the same search.name resumes the search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+from typing import Any
+
+from distgan.cli import run_main
+from distgan.config import Config, to_dict, to_yaml
+from distgan.engine.run_folder import RunFolder
+from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
+from distgan.launch.tune_trial import BASE_KEY, SEARCH_KEY, trial_driver, trial_params
+
+log = logging.getLogger("distgan.tune")
+
+
+def concurrency(cfg: Config, search: SearchConfig, available: dict[str, float]) -> int:
+    """How many trials the free resources hold at once (Tune itself sees only each trial's small driver)."""
+    if search.max_concurrent_trials:
+        return search.max_concurrent_trials
+    per_trial = cfg.ray.num_workers * cfg.ray.cpus_per_worker + search.driver_cpus
+    fits = math.floor(available.get("CPU", 0) / per_trial + 1e-9)
+    if cfg.ray.use_gpu:
+        fits = min(fits, math.floor(available.get("GPU", 0) / cfg.ray.num_workers + 1e-9))
+    return max(1, fits)
+
+
+def scheduler(cfg: Config, search: SearchConfig):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    if search.scheduler == "asha":
+        return ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
+                             grace_period=max(cfg.eval.every, int(search.asha.get("grace_period", 0))),
+                             reduction_factor=float(search.asha.get("reduction_factor", 2)))
+    return PopulationBasedTraining(
+        time_attr="step", perturbation_interval=cfg.eval.every,
+        hyperparam_mutations={key: tune_domain(spec) for key, spec in search.space.items()},
+        quantile_fraction=float(search.pbt.get("quantile_fraction", 0.5)),
+        resample_probability=float(search.pbt.get("resample_probability", 0.25)))
+
+
+def trial_rows(results, cfg: Config, search: SearchConfig) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        step = int(metrics.get("step", 0))
+        status = "error" if result.error else ("completed" if step >= cfg.train.steps else "stopped early")
+        params = trial_params(result.config or {})
+        rows.append({"trial": metrics.get("trial_id", ""), "status": status, "steps": step,
+                     search.metric: metrics.get(search.metric, float("nan")), **params})
+    reverse = search.mode == "max"
+    return sorted(rows, key=lambda r: (math.isnan(r[search.metric]), -r[search.metric] if reverse else r[search.metric]))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    keys = list(rows[0])
+    text = [[k for k in keys]] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(line[i]) for line in text) for i in range(len(keys))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in text)
+
+
+def best_config(cfg: Config, search: SearchConfig, params: dict[str, Any], checkpoint_every: int) -> str:
+    best = apply_params(cfg, params)
+    best.run.name = f"{search.name}-best"
+    best.log.checkpoint_every, best.log.progress = checkpoint_every, True
+    return to_yaml(best)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.tune", description="Search training hyperparameters.")
+    p.add_argument("--config", help="a training config with a search: section (configs/tune.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value (training) and search.key=value overrides")
+    args = p.parse_args(argv)
+    cfg, search = load_search(args.config, args.overrides)
+
+    from distgan.data.sources import resolve_shards
+    from distgan.evaluation.evaluator import check_evaluation
+    from distgan.launch.ray_train import (check_fits, connect, refuse_relative_root_in_job, storage_path,
+                                          with_absolute_paths, worker_resources)
+
+    refuse_relative_root_in_job(cfg)
+    resolve_shards(cfg)  # every user mistake surfaces here, before any trial starts
+    check_evaluation(cfg)
+    checkpoint_every = cfg.log.checkpoint_every
+    cfg = with_absolute_paths(cfg)
+    cfg.log.checkpoint_every = cfg.eval.every  # every reported metric comes with a checkpoint (PBT, restore)
+    cfg.log.progress = False
+    storage = storage_path(cfg) if not search.storage else (
+        search.storage if "://" in search.storage else str(__import__("pathlib").Path(search.storage).absolute()))
+    search_dir = f"{storage.rstrip('/')}/{search.name}"
+
+    import ray
+    from ray import tune
+
+    started_here = connect(cfg)
+    if started_here:
+        check_fits(worker_resources(cfg), cfg.ray.num_workers, ray.cluster_resources(), " for one trial")
+    trainable = tune.with_resources(trial_driver, {"CPU": search.driver_cpus})
+    param_space = {BASE_KEY: to_dict(cfg), SEARCH_KEY: {"dir": search_dir, "metric": search.metric},
+                   **{key: tune_domain(spec) for key, spec in search.space.items()}}
+    experiment = f"{search_dir}/tune"
+    if tune.Tuner.can_restore(experiment):
+        print(f"resuming the search in {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, scheduler=scheduler(cfg, search),
+                                        num_samples=search.num_samples,
+                                        max_concurrent_trials=concurrency(cfg, search, ray.available_resources())),
+            run_config=tune.RunConfig(name="tune", storage_path=search_dir, verbose=1,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    results = tuner.fit()
+
+    rows = trial_rows(results, cfg, search)
+    folder = RunFolder(search_dir)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["trial"])
+    writer.writeheader()
+    writer.writerows(rows)
+    folder.write_text("trials.csv", buffer.getvalue())
+    print(table(rows))
+    ok = [r for r in rows if r["status"] != "error" and not math.isnan(r[search.metric])]
+    if not ok:
+        print(f"no trial reported {search.metric}; see {search_dir}/tune for the errors")
+        return 1
+    params = {k: v for k, v in ok[0].items() if k in search.space}
+    folder.write_text("best.yaml", best_config(cfg, search, params, checkpoint_every))
+    print(f"best: trial {ok[0]['trial']} {search.metric}={ok[0][search.metric]:.4g}; config {search_dir}/best.yaml "
+          f"(python -m distgan.train --config {search_dir}/best.yaml); TensorBoard: {search_dir}/trials")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

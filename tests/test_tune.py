@@ -1,0 +1,150 @@
+"""Ray Tune searches on the session's real 2-node Ray cluster (conftest.ray_cluster), through the real command line.
+
+Tiny trials (16 px, width 8, one CPU worker each) ranked by SWD (eval/swd: weights-free; eval/fid works the same
+way with the Inception network, which is too slow for CPU tests).
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_module
+from ray_cluster import ENV
+
+TINY = ["model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", "data.shuffle_buffer=64",
+        "train.batch_size=16", "train.device=cpu", "log.every=10", "eval.metrics=[swd]", "eval.num_samples=128",
+        "ray.num_workers=1", "search.metric=eval/swd", "search.max_concurrent_trials=2"]
+
+
+def tune_command(cluster, root: Path, cache: str, *extra: str) -> list[str]:
+    return [*cluster.prefix, sys.executable, "-m", "distgan.tune", "--config", str(ROOT / "configs" / "tune-demo.yaml"),
+            *TINY, f"data.cache_dir={cache}", f"run.root={root}", *extra]
+
+
+def run_tune(cluster, args, log: Path, timeout: float = 600) -> str:
+    env = {**ENV, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.run(args, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, timeout=timeout)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-5000:]
+    return text
+
+
+def cluster_state(cluster) -> dict:
+    """Free CPUs, total CPUs and the placement groups not yet removed, asked of the cluster itself."""
+    code = ("import json, ray; from ray.util.state import list_placement_groups; ray.init(address='auto'); "
+            "pgs = [p.state for p in list_placement_groups(address=%r) if p.state != 'REMOVED']; "
+            "print(json.dumps({'free': ray.available_resources().get('CPU', 0), "
+            "'total': ray.cluster_resources().get('CPU', 0), 'groups': pgs}))") % cluster.dashboard
+    result = cluster.run([sys.executable, "-c", code], timeout=120, env={**ENV, "RAY_ADDRESS": cluster.address})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def reported_steps(search_dir: Path) -> dict[str, list[int]]:
+    """Each trial's reported steps, from Tune's own result files."""
+    steps = {}
+    for result in (search_dir / "tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            steps[lines[0]["trial_id"]] = [int(r["step"]) for r in lines]
+    return steps
+
+
+def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_path, demo_cache):
+    """4 trials, 2 at a time. The driver is killed (by PID) once the first results are in; the rerun resumes the
+    search to the end; ASHA has stopped at least one trial early; the best config trains with distgan.train."""
+    search = ["search.name=asha", "search.num_samples=4", "train.steps=60", "eval.every=20",
+              "search.asha.reduction_factor=2"]
+    args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
+    search_dir = tmp_path / "runs" / "asha"
+    env = {**ENV, "RAY_ADDRESS": ray_cluster.address}
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(tmp_path / "first.log", "w"),
+                             stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not any(reported_steps(search_dir).values()) and time.time() < deadline:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-5000:]
+        time.sleep(1)
+    first.send_signal(signal.SIGKILL)  # the search's driver, by its PID: its trials go with it
+    first.wait()
+    assert not (search_dir / "trials.csv").exists()
+
+    text = run_tune(ray_cluster, args, tmp_path / "second.log")
+    assert "resuming the search" in text
+    steps = reported_steps(search_dir)
+    assert len(steps) == 4, steps
+    finals = sorted(s[-1] for s in steps.values())
+    assert finals[-1] == 60 and finals[0] < 60, f"ASHA stopped no trial early: {steps}"
+    rows = (search_dir / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and "stopped early" in "\n".join(rows)
+    assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
+    state = cluster_state(ray_cluster)
+    assert state["groups"] == [] and state["free"] == pytest.approx(state["total"]), state
+
+    best = yaml.safe_load((search_dir / "best.yaml").read_text())
+    assert best["run"]["name"] == "asha-best" and "lr_g" in best["train"]
+    trained = subprocess.run([*ray_cluster.prefix, sys.executable, "-m", "distgan.train", "--config",
+                              str(search_dir / "best.yaml"), "train.steps=20"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "done at step 20" in trained.stdout
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster, tmp_path, demo_cache):
+    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=60", "eval.every=20",
+              "search.pbt.resample_probability=1.0", "search.space.train.n_critic={choice: [1, 2, 3]}",
+              "search.space.train.lr_g={loguniform: [1.0e-5, 1.0e-3]}"]
+    run_tune(ray_cluster, tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search), tmp_path / "pbt.log")
+    search_dir = tmp_path / "runs" / "pbt"
+    starts = [json.loads(line) for f in (search_dir / "trials").glob("*/starts.jsonl")
+              for line in f.read_text().splitlines()]
+    exploits = [s for s in starts if s["exploit"]]
+    assert exploits, f"PBT never exploited: {starts}"
+    target_id, donor_step, new_config = exploits[0]["trial"], exploits[0]["step"], exploits[0]["config"]
+    donor_state = torch.load(Path(exploits[0]["from"]) / "checkpoint.pt", weights_only=False)["state"]
+    # the exploited trial's later Train run (it starts from the donor's checkpoint under a new name)
+    run = f"{target_id}-from-{hashlib.sha1(exploits[0]['from'].encode()).hexdigest()[:10]}"
+    after = sorted((search_dir / "train" / run).glob("checkpoint_*/checkpoint.pt"))
+    assert after, "the exploited trial never restarted from a checkpoint"
+    state = torch.load(after[0], weights_only=False)["state"]
+    steps_run = state["step"] - donor_step
+    assert steps_run > 0
+    # its counters continue the donor's: critic updates = the donor's + the mutated n_critic per step since
+    assert state["critic_steps"] == donor_state["critic_steps"] + new_config["train.n_critic"] * steps_run
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(new_config["train.lr_g"])
+    logged = scalars(search_dir / "trials" / target_id, "hparams/n_critic")
+    lr = scalars(search_dir / "trials" / target_id, "lr/generator")
+    later = [s for s in logged if donor_step < s <= state["step"]]
+    assert later and all(logged[s] == new_config["train.n_critic"] for s in later)
+    assert all(lr[s] == pytest.approx(new_config["train.lr_g"]) for s in later)
+    assert sorted(logged) == sorted(set(logged)), "one continuous step axis in the trial's TensorBoard"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.space.model.nonsense={choice: [1]}", "search.space.model.nonsense: is not a training config key"),
+    ("search.space.train.n_critic={choice: []}", "search.space.train.n_critic: choice needs a non-empty list"),
+    ("search.space.train.lr_g={uniform: [0.1, 0.01]}", "search.space.train.lr_g: uniform needs low < high"),
+    ("search.space.train.lr_g={loguniform: [0, 0.01]}", "search.space.train.lr_g: loguniform needs low > 0"),
+    ("search.scheduler=hyperband", "search.scheduler: must be one of ('asha', 'pbt')"),
+    ("search.metric=eval/fid", "search.metric: 'eval/fid' is not reported"),
+])
+def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override, message):
+    result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", f"run.root={tmp_path}",
+                        f"data.cache_dir={demo_cache}", override, env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr[-500:]
+    assert not list(tmp_path.iterdir()), "nothing written"
