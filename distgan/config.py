@@ -99,7 +99,10 @@ class RunConfig:
 @dataclass
 class RayConfig:
     address: str = ""  # "" = RAY_ADDRESS / the job's cluster if set, else start a local cluster
-    num_workers: int = 2
+    num_workers: int = 2  # DDP workers; with min_workers, the most workers of an elastic run
+    # elastic: start once min_workers fit, grow to num_workers, shrink when a node is lost (docs/cluster.md)
+    min_workers: Optional[int] = None
+    resize_check_s: float = 60.0  # elastic: how often Ray Train looks for room to grow
     use_gpu: bool = False  # one GPU per worker (NCCL); CPU workers use gloo
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
@@ -149,6 +152,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
 
 
 def world_size(cfg: Config) -> int:
+    """The most ranks a run can have (an elastic run may have fewer)."""
     return cfg.ray.num_workers if cfg.run.mode == "ray" else 1
 
 
@@ -170,8 +174,8 @@ def validate(cfg: Config) -> None:
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     need(ray.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {ray.num_workers}")
-    need(t.batch_size % world_size(cfg) == 0, "train.batch_size",
-         f"{t.batch_size} is not divisible by ray.num_workers={world_size(cfg)}")
+    need(t.batch_size >= world_size(cfg), "train.batch_size",
+         f"the global batch {t.batch_size} is smaller than ray.num_workers={world_size(cfg)}: a worker would get none")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
     need(t.gp_weight >= 0 and math.isfinite(t.gp_weight), "train.gp_weight", f"must be >= 0, got {t.gp_weight}")
@@ -210,6 +214,14 @@ def validate(cfg: Config) -> None:
     need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
     need(ray.log_level in levels, "ray.log_level", f"must be one of {levels}, got {ray.log_level!r}")
+    if ray.min_workers is not None:
+        need(ray.min_workers >= 1, "ray.min_workers", f"must be >= 1 (or unset: a fixed worker count), got "
+                                                      f"{ray.min_workers}")
+        need(ray.min_workers <= ray.num_workers, "ray.min_workers",
+             f"{ray.min_workers} is more than ray.num_workers={ray.num_workers} (the most workers)")
+        need(ray.max_failures != 0, "ray.max_failures",
+             "an elastic run survives a lost node by restarting from its last checkpoint: set it to N or -1")
+    need(ray.resize_check_s > 0, "ray.resize_check_s", f"must be > 0, got {ray.resize_check_s}")
     need(ray.max_failures >= -1, "ray.max_failures", f"must be >= -1, got {ray.max_failures}")
 
 

@@ -18,7 +18,6 @@ from distgan.cli import run_main
 from distgan.config import from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import find_generator, load_generator, read_file
 from distgan.engine.distributed import Dist
-from distgan.errors import UserError
 
 
 def build_config(run_config: dict, args: argparse.Namespace):

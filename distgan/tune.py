@@ -24,7 +24,7 @@ from distgan.cli import run_main
 from distgan.config import Config, to_dict, to_yaml
 from distgan.engine.run_folder import RunFolder
 from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
-from distgan.launch.tune_trial import BASE_KEY, SEARCH_KEY, trial_driver, trial_params
+from distgan.launch.tune_trial import trial_driver
 
 log = logging.getLogger("distgan.tune")
 
@@ -51,7 +51,8 @@ def scheduler(cfg: Config, search: SearchConfig):
         time_attr="step", perturbation_interval=cfg.eval.every,
         hyperparam_mutations={key: tune_domain(spec) for key, spec in search.space.items()},
         quantile_fraction=float(search.pbt.get("quantile_fraction", 0.5)),
-        resample_probability=float(search.pbt.get("resample_probability", 0.25)))
+        resample_probability=float(search.pbt.get("resample_probability", 0.25)),
+        synch=bool(search.pbt.get("synch", False)))
 
 
 def trial_rows(results, cfg: Config, search: SearchConfig) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def trial_rows(results, cfg: Config, search: SearchConfig) -> list[dict[str, Any
         metrics = result.metrics or {}
         step = int(metrics.get("step", 0))
         status = "error" if result.error else ("completed" if step >= cfg.train.steps else "stopped early")
-        params = trial_params(result.config or {})
+        params = dict(result.config or {})
         rows.append({"trial": metrics.get("trial_id", ""), "status": status, "steps": step,
                      search.metric: metrics.get(search.metric, float("nan")), **params})
     reverse = search.mode == "max"
@@ -108,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     started_here = connect(cfg)
     if started_here:
         check_fits(worker_resources(cfg), cfg.ray.num_workers, ray.cluster_resources(), " for one trial")
-    trainable = tune.with_resources(trial_driver, {"CPU": search.driver_cpus})
-    param_space = {BASE_KEY: to_dict(cfg), SEARCH_KEY: {"dir": search_dir, "metric": search.metric},
-                   **{key: tune_domain(spec) for key, spec in search.space.items()}}
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=to_dict(cfg), search={"dir": search_dir, "metric": search.metric}),
+        {"CPU": search.driver_cpus})
+    param_space = {key: tune_domain(spec) for key, spec in search.space.items()}
     experiment = f"{search_dir}/tune"
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
@@ -124,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, scheduler=scheduler(cfg, search),
+                                        search_alg=BasicVariantGenerator(random_state=search.seed),
                                         num_samples=search.num_samples,
                                         max_concurrent_trials=concurrency(cfg, search, ray.available_resources())),
-            run_config=tune.RunConfig(name="tune", storage_path=search_dir, verbose=1,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            # stop at train.steps: a final result must not start a PBT exploit that has nothing left to train
+            run_config=tune.RunConfig(name="tune", storage_path=search_dir, verbose=1, stop={"step": cfg.train.steps},
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),  # tiny pointers
         )
     results = tuner.fit()
 

@@ -153,9 +153,9 @@ class TestCluster:
     def pids(self) -> set[int]:
         return set().union(*(node.pids() for node in self.nodes)) | ({self.moto.pid} if self.moto else set())
 
-    def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    def run(self, args: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
         """A command inside the cluster's network (ray job, python -c ...)."""
-        return subprocess.run([*self.prefix, *args], env=ENV, capture_output=True, text=True, **kwargs)
+        return subprocess.run([*self.prefix, *args], env=env or ENV, capture_output=True, text=True, **kwargs)
 
     def stop(self) -> None:
         for node in reversed(self.nodes):  # workers first, the head last

@@ -29,22 +29,32 @@ def entry_overrides(command: str) -> tuple[str, list[str]]:
     return config.split("/distgan/", 1)[-1], rest
 
 
-def test_cluster_launcher_yaml_passes_rays_schema():
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "aws-gpu-spot.yaml"])
+def test_cluster_launcher_yaml_passes_rays_schema(name):
     schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
-    config = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    config = yaml.safe_load((ROOT / "cluster" / name).read_text())
     jsonschema.validate(config, schema)
     assert config["head_node_type"] in config["available_node_types"]
 
 
-def test_rayjob_entrypoint_is_a_valid_distgan_command():
-    job = yaml.safe_load((ROOT / "cluster" / "rayjob.yaml").read_text())
+@pytest.mark.parametrize("name", ["rayjob.yaml", "rayjob-elastic.yaml"])
+def test_rayjob_entrypoint_is_a_valid_distgan_command(name):
+    job = yaml.safe_load((ROOT / "cluster" / name).read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     config_file, overrides = entry_overrides(job["spec"]["entrypoint"])
     cfg = load_config(str(ROOT / config_file), overrides)  # raises ConfigError on any bad key or value
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    gpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get(
-        "nvidia.com/gpu", 0)) for g in workers)
-    assert cfg.ray.use_gpu and cfg.ray.num_workers == gpus, "ray.num_workers must match the GPU worker pods"
+
+    def gpus(count_key: str) -> int:
+        return sum(int(g[count_key]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get(
+            "nvidia.com/gpu", 0)) for g in workers)
+
+    assert cfg.ray.use_gpu
+    if cfg.ray.min_workers is None:
+        assert cfg.ray.num_workers == gpus("replicas"), "ray.num_workers must match the GPU worker pods"
+    else:  # elastic: the worker range must match the pods' range
+        assert (cfg.ray.min_workers, cfg.ray.num_workers) == (gpus("minReplicas"), gpus("maxReplicas"))
+        assert job["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling"), "pods must come and go"
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
 
 

@@ -38,7 +38,10 @@ BAD = [
     (["model.critic_dropout=1.5"], "model.critic_dropout"),
     (["run.mode=cluster"], "run.mode"),
     (["train.steps"], "train.steps"),  # not key=value
-    (["ray.num_workers=3"], "train.batch_size"),  # the global batch of 64 does not split over 3 workers
+    (["ray.num_workers=128"], "train.batch_size"),  # a global batch of 64 leaves some of 128 workers nothing
+    (["ray.min_workers=3", "ray.max_failures=-1"], "ray.min_workers"),  # elastic: min > max (num_workers=2)
+    (["ray.min_workers=0", "ray.max_failures=-1"], "ray.min_workers"),  # elastic: min < 1
+    (["ray.min_workers=1"], "ray.max_failures"),  # elastic without restarts would end at the first lost node
     (["ray.placement_strategy=ANYWHERE"], "ray.placement_strategy"),
     (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
     (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
@@ -58,6 +61,8 @@ def test_bad_values_raise_config_error_naming_the_key(overrides, key):
     (["model.image_size=48"], "model.image_size"),
     (["--config", "configs/missing.yaml"], "configs/missing.yaml"),
     (["data.source=/nonexistent/shards"], "data.source"),
+    (["ray.min_workers=3", "ray.max_failures=-1"], "ray.min_workers"),
+    (["ray.num_workers=128", "train.batch_size=64", "ray.min_workers=1", "ray.max_failures=-1"], "train.batch_size"),
     # more workers than the local Ray cluster this machine can start: refused, not an endless wait for resources
     (["ray.num_workers=64", "model.image_size=16", "data.demo_images=64"], "ray.num_workers"),
 ])

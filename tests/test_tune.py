@@ -6,7 +6,6 @@ way with the Inception network, which is too slow for CPU tests).
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -105,14 +104,18 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster, tmp_path, demo_cache):
-    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=60", "eval.every=20",
+    # one trial much worse than the other from the start (generator learning rates 7e-4 and 2e-6, sampled with a
+    # fixed seed), so that the ranking holds still between reports: asynchronous PBT exploits at the second
+    # perturbation (step 40), and the exploited trial then trains on to step 100
+    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=100", "eval.every=20",
               "search.pbt.resample_probability=1.0", "search.space.train.n_critic={choice: [1, 2, 3]}",
-              "search.space.train.lr_g={loguniform: [1.0e-5, 1.0e-3]}"]
+              "search.space.train.lr_g={loguniform: [1.0e-6, 1.0e-3]}", "search.seed=4",
+              "log.keep_checkpoints=10"]  # the donor's checkpoint is read back below
     run_tune(ray_cluster, tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search), tmp_path / "pbt.log")
     search_dir = tmp_path / "runs" / "pbt"
     starts = [json.loads(line) for f in (search_dir / "trials").glob("*/starts.jsonl")
               for line in f.read_text().splitlines()]
-    exploits = [s for s in starts if s["exploit"]]
+    exploits = sorted((s for s in starts if s["exploit"]), key=lambda s: s["step"])
     assert exploits, f"PBT never exploited: {starts}"
     target_id, donor_step, new_config = exploits[0]["trial"], exploits[0]["step"], exploits[0]["config"]
     donor_state = torch.load(Path(exploits[0]["from"]) / "checkpoint.pt", weights_only=False)["state"]

@@ -17,6 +17,15 @@ import torch.distributed as torch_dist
 from torch import nn
 
 
+def split(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(first index, count) of rank's share of `total` samples: as equal as can be, the first total % world_size
+    ranks one more (64 over 3 ranks: 22, 21, 21). Rows of the global batch, in rank order."""
+    base, extra = divmod(total, world_size)
+    count = base + (1 if rank < extra else 0)
+    start = rank * base + min(rank, extra)
+    return start, count
+
+
 class ReplicaMismatch(RuntimeError):
     """The ranks' copies of a network are no longer identical (a bug, or a missing all-reduce)."""
 
@@ -42,8 +51,11 @@ class Dist:
             return Dist(torch_dist.get_rank(), torch_dist.get_world_size())
         return Dist(0, 1)
 
-    def average_grads(self, module: nn.Module) -> None:
-        """Replace every gradient by its mean over ranks: one all-reduce of a flat buffer per network."""
+    def sum_grads(self, module: nn.Module) -> None:
+        """Replace every gradient by its sum over ranks: one all-reduce of a flat buffer per network. Each rank
+        back-propagates its loss times its share of the global batch (count / global batch), so the sum is the
+        gradient of the mean over the whole batch, also with uneven shares and through synchronized BatchNorm,
+        whose statistics carry gradient between ranks (a weight applied after backward would miss those paths)."""
         if not self.active or not self.sync_grads:
             return
         params = [p for p in module.parameters() if p.grad is not None]
@@ -51,7 +63,6 @@ class Dist:
             return
         flat = torch.cat([p.grad.flatten() for p in params])
         torch_dist.all_reduce(flat)
-        flat /= self.world_size
         offset = 0
         for p in params:
             n = p.numel()
@@ -65,15 +76,15 @@ class Dist:
         for tensor in list(module.parameters()) + list(module.buffers()):
             torch_dist.broadcast(tensor.data, src=0)
 
-    def mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Average scalar tensors over ranks (one all-reduce) and return Python floats."""
+    def mean(self, values: dict[str, torch.Tensor], weight: float) -> dict[str, float]:
+        """Average scalar tensors over ranks, each weighted by its share of the batch (one all-reduce); floats."""
         keys = sorted(values)
         if not keys:
             return {}
         stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
         if self.active:
+            stacked *= weight
             torch_dist.all_reduce(stacked)
-            stacked /= self.world_size
         return dict(zip(keys, stacked.cpu().tolist()))
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:

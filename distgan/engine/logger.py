@@ -51,6 +51,7 @@ class RunLogger:
         text = (
             f"d={values['loss/critic']:.3f} w={values['wasserstein']:.3f} gp={values['loss/gradient_penalty']:.3f} "
             f"g={values['loss/generator']:.3f} img/s={values['perf/images_per_s']:.0f}"
+            f" workers={values['dist/world_size']:.0f}x{values['dist/batch_per_rank']:.0f}"
         )
         if self.bar is not None:
             self.bar.n = step

@@ -21,6 +21,7 @@ from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
+from distgan.engine.distributed import split
 from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import Diverged, NonFiniteWatch
 from distgan.engine.launcher import Launcher
@@ -41,26 +42,37 @@ def best_so_far(best: dict) -> dict[str, float]:
     return {f"best/{best['metric']}": best["value"], "best/step": float(best["step"])} if best else {}
 
 
+def reseed_rank_state(seed: int, step: int, rank: int) -> int:
+    """After a change of world size: new per-rank randomness derived from the step (the same run resized at the
+    same step gets the same streams). Returns the data stream's seed; re-seeds this rank's dropout RNG."""
+    torch.manual_seed(hash((seed, step, rank, 1)) & 0x7FFF_FFFF_FFFF_FFFF)  # ints: hash() is stable across processes
+    return hash((seed, step, 2)) & 0x7FFF_FFFF
+
+
 def train(cfg: Config, launcher: Launcher) -> TrainState:
     """Train until train.steps generator updates, resuming from the launcher's newest checkpoint."""
     dist, device, run_dir, store = launcher.dist, launcher.device, launcher.run_dir, launcher.checkpoints
     t, lg = cfg.train, cfg.log
-    local_batch = t.batch_size // dist.world_size
+    local_batch = split(t.batch_size, dist.rank, dist.world_size)[1]  # uneven shares are fine: 64 on 3 = 22+21+21
+    weight = local_batch / t.batch_size  # this rank's share, for averages over ranks
 
     state = TrainState.create(cfg, device, dist)
+    stream_seed = t.seed
     payload = store.load_latest()
     if payload is not None:
         same_layout = restore(state, payload, dist)
         state.apply_hyperparameters(t)
+        if not same_layout:  # another world size (elastic resize): the ranks' own states cannot carry over
+            stream_seed = reseed_rank_state(t.seed, state.step, dist.rank)
         if dist.is_main:
             if not same_layout:
-                log.warning("checkpoint has %d ranks, this run %d: data streams restart", len(payload["ranks"]),
-                            dist.world_size)
-            say(f"resumed from step {state.step}")
+                log.warning("checkpoint has %d ranks, this run %d: data streams re-seeded from step %d",
+                            len(payload["ranks"]), dist.world_size, state.step)
+            say(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
 
     stream = ShardStream(
         resolve_shards(cfg), local_batch, cfg.model.image_size, cfg.model.channels, dist.rank, dist.world_size,
-        cfg.data.num_workers, t.seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
+        cfg.data.num_workers, stream_seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
     )
     key_log = run_dir / "data-keys" / f"rank-{dist.rank}.txt" if cfg.data.record_keys else None
     real = RealBatches(stream, cfg.data.num_workers, device, key_log)
@@ -161,13 +173,14 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - tick
-            values = dist.mean({k: v / steps_since for k, v in sums.items()})
+            values = dist.mean({k: v / steps_since for k, v in sums.items()}, weight)
             values["perf/images_per_s"] = images_per_step * steps_since / max(elapsed, 1e-9)
             values["perf/steps_per_s"] = steps_since / max(elapsed, 1e-9)
             values["data/bad_samples"] = float(dist.sum_int(real.bad_samples, device))
             values["lr/generator"] = state.opt_g.param_groups[0]["lr"]
             values["lr/critic"] = state.opt_d.param_groups[0]["lr"]
             values["hparams/n_critic"], values["hparams/gp_weight"] = float(t.n_critic), float(t.gp_weight)
+            values["dist/world_size"], values["dist/batch_per_rank"] = float(dist.world_size), float(local_batch)
             values["progress/images_seen"] = float(state.images_seen)
             if logger:
                 logger.scalars(step, values)

@@ -1,6 +1,7 @@
 """Latents and penalty alphas drawn for the GLOBAL batch from one seeded stream; each rank keeps its slice.
 
-Every rank draws the same global tensor and takes rows [rank*n, (rank+1)*n): ranks get different noise, and the
+Every rank draws the same global tensor and takes its rows (distributed.split: uneven shares are fine): ranks
+get different noise, and the
 noise a sample gets does not depend on how many ranks there are. That is what lets the equivalence test compare
 2 ranks with 1 process on the same latents and alphas, and it costs one (B, z_dim) draw per step.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from distgan.engine.distributed import split
+
 
 class SlicedNoise:
     def __init__(self, seed: int, rank: int, world_size: int, device: torch.device):
@@ -16,8 +19,8 @@ class SlicedNoise:
         self.rng = torch.Generator().manual_seed(seed)
 
     def _slice(self, full: torch.Tensor) -> torch.Tensor:
-        n = full.shape[0] // self.world_size
-        return full[self.rank * n : (self.rank + 1) * n].to(self.device, non_blocking=True)
+        start, count = split(full.shape[0], self.rank, self.world_size)
+        return full[start : start + count].to(self.device, non_blocking=True)
 
     def latents(self, global_batch: int, z_dim: int) -> torch.Tensor:
         return self._slice(torch.randn(global_batch, z_dim, generator=self.rng))

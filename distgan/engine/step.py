@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from distgan.config import TrainConfig
-from distgan.engine.distributed import Dist
+from distgan.engine.distributed import Dist, split
 from distgan.engine.state import TrainState, update_ema
 from distgan.losses import critic_loss, generator_loss, gradient_penalty
 
@@ -23,6 +23,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
     """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs)."""
     G, D = state.G, state.D
     global_batch = t.batch_size
+    weight = split(global_batch, dist.rank, dist.world_size)[1] / global_batch  # this rank's share of the batch
     z_dim = G.z_dim
     sums: dict[str, torch.Tensor] = {}
 
@@ -40,8 +41,10 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
         gp = gradient_penalty(D, real, fake, alpha=state.noise.alphas(global_batch))
         loss_d = critic_loss(real_scores, fake_scores) + t.gp_weight * gp
         state.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()  # ONE backward through loss and penalty (the penalty's input gradient was create_graph)
-        dist.average_grads(D)
+        # ONE backward through loss and penalty (the penalty's input gradient was create_graph), of this rank's
+        # share of the global mean; the all-reduce then sums the shares
+        (loss_d * weight).backward()
+        dist.sum_grads(D)
         add("grad_norm/critic", grad_norm(D))
         state.opt_d.step()
         state.critic_steps += 1
@@ -55,8 +58,8 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
     D.requires_grad_(False)
     loss_g = generator_loss(D(G(state.noise.latents(global_batch, z_dim))))
     state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    dist.average_grads(G)
+    (loss_g * weight).backward()
+    dist.sum_grads(G)
     sums["grad_norm/generator"] = grad_norm(G)
     state.opt_g.step()
     state.opt_g.zero_grad(set_to_none=True)  # frees them for the critic phase, which makes its fakes without a graph

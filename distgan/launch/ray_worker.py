@@ -172,7 +172,7 @@ def worker_main(config: dict[str, Any]) -> None:
     cfg = from_dict(config["config"])
     quiet_worker_logging(cfg.ray.log_level)
     launcher = RayLauncher(cfg, config["run_dir"], config["train_run_dir"], config.get("start_from", ""))
-    assert launcher.dist.world_size == cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
+    assert 1 <= launcher.dist.world_size <= cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
     describe_worker(launcher.folder, launcher.dist.rank)
     try:
         train(cfg, launcher)

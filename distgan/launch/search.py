@@ -13,7 +13,8 @@
         train.lr_g: {loguniform: [1.0e-5, 1.0e-3]}   # {loguniform: [lo, hi]}, {grid: [...]}, or a plain value
         train.n_critic: {choice: [1, 3, 5]}
       asha: {grace_period: 0, reduction_factor: 2}                 # grace 0 = eval.every
-      pbt: {quantile_fraction: 0.5, resample_probability: 0.25}    # perturbation interval = eval.every
+      pbt: {quantile_fraction: 0.5, resample_probability: 0.25, synch: false}  # interval = eval.every
+      seed: null                   # the sampling of trial values; an int makes it repeatable
 
 Every mistake (an unknown key, an empty choice, low > high, loguniform with low <= 0, an unknown scheduler or
 metric, PBT over a key it cannot change in a live run) is a ConfigError naming the key, before any trial starts.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -46,6 +47,7 @@ class SearchConfig:
     mode: str = "min"
     max_concurrent_trials: int = 0
     driver_cpus: float = 0.1
+    seed: Optional[int] = None  # the sampling of trial values (None: different every search)
     space: dict = field(default_factory=dict)
     asha: dict = field(default_factory=dict)
     pbt: dict = field(default_factory=dict)
@@ -78,10 +80,16 @@ def load_search(path: str | None, overrides: list[str]) -> tuple[Config, SearchC
         f.write(train_yaml)
         f.flush()
         cfg = load_config(f.name, train_overrides)
+    # search.space.train.lr_g={...}: the space's keys are dotted training keys, not nested sections
+    space_overrides = [o.removeprefix("space.") for o in search_overrides if o.startswith("space.")]
+    search_overrides = [o for o in search_overrides if not o.startswith("space.")]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SearchConfig), search_raw,
                                  OmegaConf.from_dotlist(search_overrides))
         search: SearchConfig = OmegaConf.to_object(merged)
+        for item in space_overrides:
+            key, _, value = item.partition("=")
+            search.space[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
     except Exception as exc:
         key = getattr(exc, "full_key", "")
         raise ConfigError(f"search.{key}: {str(exc).splitlines()[0]}" if key else f"search: {exc}") from None
@@ -121,7 +129,7 @@ def validate_search(cfg: Config, s: SearchConfig) -> None:
                  "PBT needs a choice, uniform or loguniform domain to resample from (not grid, not a value)")
     unknown = set(s.asha) - {"grace_period", "reduction_factor"}
     need(not unknown, "asha", f"unknown keys {sorted(unknown)}")
-    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability"}
+    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability", "synch"}
     need(not unknown, "pbt", f"unknown keys {sorted(unknown)}")
 
 

@@ -31,7 +31,6 @@ from distgan.launch.ray_train import build_trainer, raise_worker_error
 from distgan.launch.search import apply_params
 
 POINTER = "train_checkpoint.json"
-SEARCH_KEY, BASE_KEY = "_search", "_distgan"  # the constant parts of a trial's Tune config
 
 
 def make_bridge(q, metric: str):
@@ -82,24 +81,20 @@ def note_start(cfg, trial: str, start_from: str, params: dict[str, Any]) -> None
     folder.write_text(name, previous + json.dumps(record) + "\n")
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in (SEARCH_KEY, BASE_KEY)}
-
-
-def trial_driver(config: dict[str, Any]) -> None:
-    """The Tune trainable: config holds the base training config, the search's constants and this trial's values."""
+def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str, Any]) -> None:
+    """The Tune trainable (bound with tune.with_parameters): config holds this trial's values of the searched keys,
+    base the training config they apply to, search the search's folder ("dir") and metric."""
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    search = config[SEARCH_KEY]
-    cfg = apply_params(from_dict(config[BASE_KEY]), trial_params(config))
+    cfg = apply_params(from_dict(base), dict(config))
     trial = ray.tune.get_context().get_trial_id()
     cfg.run.root, cfg.run.name = f"{search['dir']}/trials", trial  # TensorBoard, samples, exports: stable per trial
     start_from = ""
     restored = ray.tune.get_checkpoint()
     if restored is not None:
         start_from = read_pointer(restored)
-        note_start(cfg, trial, start_from, params=trial_params(config))
+        note_start(cfg, trial, start_from, params=dict(config))
     train_name = trial + (f"-from-{hashlib.sha1(start_from.encode()).hexdigest()[:10]}" if start_from else "")
     q = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(cfg, train_name, f"{search['dir']}/train", start_from, [make_bridge(q, search["metric"])])
