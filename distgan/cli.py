@@ -20,7 +20,7 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> Con
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file (see configs/); keys not in it keep their defaults")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=64 run.name=exp1")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and key=value in any order
     return load_config(args.config, args.overrides)
 
 

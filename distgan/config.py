@@ -37,7 +37,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/distgan"  # where the demo shards are written on first use
     demo_images: int = 4096  # size of the generated demo data set
     shuffle_buffer: int = 1000
-    num_workers: int = 0  # DataLoader worker processes per rank
+    num_workers: int = -1  # DataLoader worker processes per rank; -1 = from the rank's cores (data/stream.py)
     record_keys: bool = False  # debug: each rank writes the sample keys it trains on to run_dir/data-keys/
 
 
@@ -69,6 +69,17 @@ class LogConfig:
     keep_checkpoints: int = 3  # newest N checkpoints kept in the run directory
     num_samples: int = 64  # images in the fixed-latent grid
     progress: bool = True  # a progress bar on a terminal, periodic lines otherwise
+
+
+@dataclass
+class SpeedConfig:
+    # the GPU fast path (distgan/engine/speed.py; measured in docs/benchmarks.md)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 (autocast; losses and penalty in fp32)
+    channels_last: bool = True  # CUDA only
+    fused_adam: bool = True  # CUDA only
+    tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
+    fused_critic_forward: bool = True  # D(real) and D(fake) in one forward
+    compile: bool = False  # torch.compile of the generator and the critic's first-order uses
 
 
 @dataclass
@@ -117,6 +128,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -171,7 +183,7 @@ def validate(cfg: Config) -> None:
     need(0.0 <= m.critic_dropout < 1.0, "model.critic_dropout", f"must be in [0, 1), got {m.critic_dropout}")
     need(d.demo_images >= 1, "data.demo_images", f"must be >= 1, got {d.demo_images}")
     need(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
-    need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    need(d.num_workers >= -1, "data.num_workers", f"must be >= 0, or -1 (from the cores), got {d.num_workers}")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     need(ray.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {ray.num_workers}")
     need(t.batch_size >= world_size(cfg), "train.batch_size",
@@ -192,6 +204,8 @@ def validate(cfg: Config) -> None:
     for key in ("every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
         value = getattr(lg, key)
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
+    need(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
+         f"must be auto, fp32 or bf16, got {cfg.speed.precision!r}")
     need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")
     known = ("fid", "kid", "swd")
     need(bool(ev.metrics) and all(k in known for k in ev.metrics), "eval.metrics",

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distgan.tune", description="Search training hyperparameters.")
     p.add_argument("--config", help="a training config with a search: section (configs/tune.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value (training) and search.key=value overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options and key=value in any order
     cfg, search = load_search(args.config, args.overrides)
 
     from distgan.data.sources import resolve_shards

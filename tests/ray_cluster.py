@@ -30,9 +30,11 @@ BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 # The nodes run with this environment's bin/ first on PATH, as after `source .venv/bin/activate`: a job's
 # `python` is then the one with distgan's dependencies.
-# RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: a node that gets SIGTERM stops at once instead of draining for minutes
+# RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: a node that gets SIGTERM stops at once instead of draining for minutes;
+# RAY_health_check_*: a killed node is declared dead after ~3 s instead of ~30 s (tests/test_elastic.py)
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
-       "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+       "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_health_check_period_ms": "1000",
+       "RAY_health_check_failure_threshold": "3",
        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

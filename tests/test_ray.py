@@ -26,27 +26,11 @@ def cluster(ray_cluster):
     return ray_cluster
 
 
-def test_two_nodes_strict_spread(cluster, tmp_path, demo_cache):
-    log = tmp_path / "log.txt"
-    # run.root relative to where the command runs (the workers run elsewhere: the driver makes it absolute)
-    args = overrides("shared", demo_cache, "spread", "train.steps=20", "ray.placement_strategy=STRICT_SPREAD",
+def test_job_submit_spreads_over_two_nodes_with_disjoint_data(cluster, tmp_path, demo_cache):
+    """`ray job submit` of a STRICT_SPREAD run: one worker per node, each reading its own half of the data; then
+    the sampler and the evaluator read the Ray run folder."""
+    args = overrides(tmp_path / "shared", demo_cache, "job", "train.steps=20", "ray.placement_strategy=STRICT_SPREAD",
                      "data.record_keys=true")
-    finish(start_train(cluster, args, log, cwd=tmp_path), log)
-    run_dir = tmp_path / "shared" / "spread"
-    workers = [json.loads((run_dir / "workers" / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert workers[0]["node_id"] != workers[1]["node_id"], "STRICT_SPREAD put both workers on one node"
-    assert checkpoints(run_dir) == [10, 20]
-    assert logged_steps(run_dir) == [5, 10, 15, 20]
-    keys = [(run_dir / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
-    # 20 steps x 2 critic batches x 8 images per rank = 320 per rank, within one 256-image-per-rank epoch...
-    assert len(keys[0]) == len(keys[1]) == 20 * 2 * 8
-    first_epoch = [k[:256] for k in keys]  # each rank's first epoch: 512 images / 2 ranks
-    assert not set(first_epoch[0]) & set(first_epoch[1]), "ranks read the same samples"
-    assert len(set(first_epoch[0]) | set(first_epoch[1])) == 512
-
-
-def test_job_submit(cluster, tmp_path, demo_cache):
-    args = overrides(tmp_path / "shared", demo_cache, "job", "train.steps=10")
     result = subprocess.run(
         [*cluster.prefix, RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", ".", "--",
          "python", "-m", "distgan.train", *args],
@@ -54,10 +38,18 @@ def test_job_submit(cluster, tmp_path, demo_cache):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in (result.stdout + result.stderr).lower()
     run_dir = tmp_path / "shared" / "job"
-    assert checkpoints(run_dir) == [10]
-    assert logged_steps(run_dir) == [5, 10]
+    workers = [json.loads((run_dir / "workers" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert workers[0]["node_id"] != workers[1]["node_id"], "STRICT_SPREAD put both workers on one node"
+    assert checkpoints(run_dir) == [10, 20]
+    assert logged_steps(run_dir) == [5, 10, 15, 20]
     assert list((run_dir / "samples").glob("step-*.png"))
-    # the sampler finds the newest Ray Train checkpoint from the run folder
+    keys = [(run_dir / "data-keys" / f"rank-{r}.txt").read_text().split() for r in range(2)]
+    # 20 steps x 2 critic batches x 8 images per rank = 320 per rank, within one 256-image-per-rank epoch...
+    assert len(keys[0]) == len(keys[1]) == 20 * 2 * 8
+    first_epoch = [k[:256] for k in keys]  # each rank's first epoch: 512 images / 2 ranks
+    assert not set(first_epoch[0]) & set(first_epoch[1]), "ranks read the same samples"
+    assert len(set(first_epoch[0]) | set(first_epoch[1])) == 512
+    # the sampler finds the newest generator export in the Ray run folder
     sampled = subprocess.run([sys.executable, "-m", "distgan.sample", str(run_dir), "--out", str(tmp_path / "s"),
                               "--num", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert sampled.returncode == 0, sampled.stderr
@@ -67,7 +59,7 @@ def test_job_submit(cluster, tmp_path, demo_cache):
                                 "64", "--cache-dir", demo_cache, "--json", str(tmp_path / "e.json")], cwd=ROOT,
                                capture_output=True, text=True, timeout=120)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.loads((tmp_path / "e.json").read_text())["step"] == 10
+    assert json.loads((tmp_path / "e.json").read_text())["step"] == 20
 
 
 def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
@@ -93,8 +85,9 @@ def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
 
 def test_sigterm_checkpoints_and_rerun_resumes(cluster, tmp_path, demo_cache):
     log = tmp_path / "log.txt"
-    args = overrides(tmp_path / "shared", demo_cache, "preempt", "train.steps=400", "log.checkpoint_every=1000")
-    proc = start_train(cluster, args, log)
+    # run.root relative to where the command runs (the workers run elsewhere: the driver makes it absolute)
+    args = overrides("shared", demo_cache, "preempt", "train.steps=400", "log.checkpoint_every=1000")
+    proc = start_train(cluster, args, log, cwd=tmp_path)
     run_dir = tmp_path / "shared" / "preempt"
     wait_for(lambda: (run_dir / "tensorboard").exists() and logged_steps(run_dir), 300, "training to start")
     proc.send_signal(signal.SIGTERM)
@@ -103,9 +96,9 @@ def test_sigterm_checkpoints_and_rerun_resumes(cluster, tmp_path, demo_cache):
     assert len(stopped_at) == 1 and 0 < stopped_at[0] < 400, stopped_at  # only the final checkpoint of SIGTERM
 
     log2 = tmp_path / "log2.txt"
-    args = overrides(tmp_path / "shared", demo_cache, "preempt", f"train.steps={stopped_at[0] + 10}",
+    args = overrides("shared", demo_cache, "preempt", f"train.steps={stopped_at[0] + 10}",
                      "log.checkpoint_every=1000")
-    text = finish(start_train(cluster, args, log2), log2)
+    text = finish(start_train(cluster, args, log2, cwd=tmp_path), log2)
     assert f"resumed from step {stopped_at[0]}" in text
     assert max(checkpoints(run_dir)) == stopped_at[0] + 10
 

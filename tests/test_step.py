@@ -83,10 +83,22 @@ class LinearCritic(torch.nn.Module):
         return (x.flatten(1) * self.w.flatten()).sum(1) + self.b
 
 
-def test_critic_gradient_matches_the_hand_computed_one(tiny_config):
+def critic_inputs(inputs: list, fused: bool) -> list:
+    """What the critic saw, as (real, fake, x_hat) per critic update: with the fused forward it sees real and
+    fake as one concatenated batch, then x_hat."""
+    if not fused:
+        return inputs
+    out = []
+    for i, x in enumerate(inputs):
+        out.extend(x.chunk(2) if i % 2 == 0 and len(inputs) > i + 1 else [x])
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_critic_gradient_matches_the_hand_computed_one(tiny_config, fused):
     """d/dw [mean D(fake) - mean D(real) + lambda * mean (||grad_x D|| - 1)^2]
        = mean(fake) - mean(real) + 2 lambda (||w|| - 1) w / ||w||, and 0 for the bias."""
-    cfg = tiny_config("train.n_critic=1", "train.gp_weight=7.5")
+    cfg = tiny_config("train.n_critic=1", "train.gp_weight=7.5", f"speed.fused_critic_forward={fused}")
     state = TrainState.create(cfg, torch.device("cpu"), Dist())
     state.D = LinearCritic((3, 16, 16))
     state.opt_d = torch.optim.SGD(state.D.parameters(), lr=0.0)
@@ -101,7 +113,7 @@ def test_critic_gradient_matches_the_hand_computed_one(tiny_config):
     state.opt_d.step = record
     real = torch.rand(16, 3, 16, 16) * 2 - 1
     train_step(state, lambda: real, cfg.train, Dist())
-    seen_real, fake = inputs[0], inputs[1]  # the critic sees real, fake, then the interpolates
+    seen_real, fake = critic_inputs(inputs[:2], fused)[:2]  # real, fake, then the interpolates
     assert torch.equal(seen_real, real)
     w = state.D.w.detach()
     norm = w.norm()
@@ -112,7 +124,7 @@ def test_critic_gradient_matches_the_hand_computed_one(tiny_config):
 
 def test_trainer_alphas_are_uniform_one_per_sample(tiny_config):
     """The alphas train_step really uses, recovered from what the critic sees: x_hat = real + alpha (fake - real)."""
-    cfg = tiny_config("train.batch_size=512", "train.n_critic=2")
+    cfg = tiny_config("train.batch_size=512", "train.n_critic=2", "speed.fused_critic_forward=false")
     state = TrainState.create(cfg, torch.device("cpu"), Dist())
     inputs = []
     state.D.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))

@@ -62,7 +62,7 @@ def reported_steps(search_dir: Path) -> dict[str, list[int]]:
 def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_path, demo_cache):
     """4 trials, 2 at a time. The driver is killed (by PID) once the first results are in; the rerun resumes the
     search to the end; ASHA has stopped at least one trial early; the best config trains with distgan.train."""
-    search = ["search.name=asha", "search.num_samples=4", "train.steps=60", "eval.every=20",
+    search = ["search.name=asha", "search.num_samples=4", "train.steps=40", "eval.every=20",
               "search.asha.reduction_factor=2"]
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
     search_dir = tmp_path / "runs" / "asha"
@@ -82,7 +82,7 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     steps = reported_steps(search_dir)
     assert len(steps) == 4, steps
     finals = sorted(s[-1] for s in steps.values())
-    assert finals[-1] == 60 and finals[0] < 60, f"ASHA stopped no trial early: {steps}"
+    assert finals[-1] == 40 and finals[0] < 40, f"ASHA stopped no trial early: {steps}"
     rows = (search_dir / "trials.csv").read_text().splitlines()
     assert len(rows) == 5 and "stopped early" in "\n".join(rows)
     assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
@@ -92,10 +92,10 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     best = yaml.safe_load((search_dir / "best.yaml").read_text())
     assert best["run"]["name"] == "asha-best" and "lr_g" in best["train"]
     trained = subprocess.run([*ray_cluster.prefix, sys.executable, "-m", "distgan.train", "--config",
-                              str(search_dir / "best.yaml"), "train.steps=20"], cwd=ROOT, env=env,
+                              str(search_dir / "best.yaml"), "train.steps=10"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
-    assert "done at step 20" in trained.stdout
+    assert "done at step 10" in trained.stdout
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

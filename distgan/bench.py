@@ -1,0 +1,272 @@
+"""python -m distgan.bench [--config FILE] [key=value ...] [--steps N] [--warmup N] [--modes ...] [--json OUT]
+
+Times the real training step against a plain PyTorch WGAN-GP loop of the same model, batch and n_critic
+(benchmarks/plain_wgangp.py), in one run (docs/benchmarks.md):
+- local: this process (run.mode=local's path): generator steps/s, real images/s, model TFLOP/s and MFU, peak
+  memory, and a time split (waiting for data, critic updates, generator update, gradient all-reduce) from a
+  second pass that synchronizes the device at every phase boundary (so the split slows that pass a little);
+- ray1 / rayN: the same inside Ray Train workers (1 worker with all of this machine's CPUs or one GPU; N =
+  ray.num_workers workers): steps/s of rank 0, every rank doing the same;
+- plain: the one-file loop, same device and precision switch;
+- loader: the data stream alone (images/s), against what training consumes;
+- eval: one evaluation (eval.metrics, eval.num_samples) when eval.every > 0 or --eval.
+Ratios printed: local / plain, ray1 / local, loader / consumption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgan.cli import run_main
+from distgan.config import Config, from_dict, load_config, to_dict
+from distgan.data.sources import resolve_shards
+from distgan.data.stream import RealBatches, ShardStream, loader_workers
+from distgan.launch.ray_output import quiet_worker_logging
+from distgan.engine.distributed import Dist, split
+from distgan.engine.flops import count_flops, peak_flops
+from distgan.engine.state import TrainState
+from distgan.engine.step import train_step
+from distgan.errors import UserError
+
+PHASES = ("data", "critic", "allreduce", "generator")
+
+
+class PhaseTimer:
+    """timer(phase) context: seconds per phase, the device synchronized at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {p: 0.0 for p in PHASES}
+        self._name, self._start = "", 0.0
+
+    def __call__(self, name: str):
+        self._name = name
+        return self
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds[self._name] += time.perf_counter() - self._start
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (Linux: KiB)
+
+
+def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: int, cpus: float) -> dict[str, Any]:
+    """The training step of distgan's loop on this rank, with its real data stream."""
+    t = cfg.train
+    local = split(t.batch_size, dist.rank, dist.world_size)[1]
+    state = TrainState.create(cfg, device, dist)
+    workers = loader_workers(cfg.data.num_workers, cpus)
+    stream = ShardStream(resolve_shards(cfg), local, cfg.model.image_size, cfg.model.channels, dist.rank,
+                         dist.world_size, workers, t.seed, cfg.data.shuffle_buffer)
+    real = RealBatches(stream, workers, device)
+    compiled, (state.G_compiled, state.D_compiled) = (state.G_compiled, state.D_compiled), (None, None)
+    flops = count_flops(lambda: train_step(state, real, t, dist))  # one eager step, counted
+    state.G_compiled, state.D_compiled = compiled
+    for _ in range(warmup):
+        train_step(state, real, t, dist)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(state, real, t, dist)
+    sync(device)
+    rate = steps / (time.perf_counter() - start)
+    timer = PhaseTimer(device)
+    split_steps = max(1, steps // 2)
+    for _ in range(split_steps):
+        train_step(state, real, t, dist, timer=timer)
+    total = sum(timer.seconds.values())
+    images = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
+    peak = peak_flops(device, state.speed.bf16, cfg.speed.tf32)
+    out = {"steps_per_s": rate, "images_per_s": rate * images, "flops_per_step": flops,
+           "tflops_per_s": flops * rate / 1e12, "mfu": flops * rate / peak if peak else None,
+           "split": {p: s / total for p, s in timer.seconds.items()}, "peak_memory_mb": peak_memory_mb(device)}
+    started, n = time.perf_counter(), 0
+    while time.perf_counter() - started < 2.0 or n < 5:  # the loader alone
+        real()
+        n += 1
+    sync(device)
+    out["loader_images_per_s"] = n * local * dist.world_size / (time.perf_counter() - started)
+    out["loader_workers"] = workers
+    return out
+
+
+def pick_device(cfg: Config) -> torch.device:
+    from distgan.launch.local import pick_device as local_device
+
+    return local_device(cfg.train.device)
+
+
+def ray_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(config["config"])
+    dist = Dist.from_process_group()
+    device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
+    quiet_worker_logging(cfg.ray.log_level)
+    result = measure(cfg, dist, device, config["steps"], config["warmup"], config["cpus"])
+    metrics = {"result": json.dumps(result), "threads": torch.get_num_threads()}
+    # Train V2 keeps in Result only metrics that came with a checkpoint: rank 0 attaches a one-file one
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "result.json").write_text(metrics["result"])
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if dist.is_main else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str, Any]:
+    """The same measurement inside `workers` Ray Train workers; CPU workers share this machine's cores."""
+    import ray
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from distgan.launch.ray_train import connect
+
+    connect(cfg)
+    cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    resources = {"CPU": cpus, **({"GPU": 1} if cfg.ray.use_gpu else {})}
+    trainer = TorchTrainer(
+        ray_worker, train_loop_config={"config": to_dict(cfg), "steps": steps, "warmup": warmup, "cpus": cpus},
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=f"bench-{os.getpid()}-{workers}", storage_path=f"/tmp/distgan-bench-{os.getpid()}",
+                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    out = json.loads(result.metrics["result"])
+    out["cpus_per_worker"], out["threads"] = cpus, result.metrics["threads"]
+    return out
+
+
+def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plain_wgangp import plain_steps_per_s
+
+    from distgan.engine.speed import resolve_precision
+
+    m, t = cfg.model, cfg.train
+    rate = plain_steps_per_s(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, steps, warmup, device,
+                             dropout=m.critic_dropout, bf16=resolve_precision(cfg.speed.precision, device) == "bf16")
+    return {"steps_per_s": rate, "images_per_s": rate * t.batch_size * t.n_critic}
+
+
+def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:
+    from distgan.evaluation.evaluator import Evaluator
+
+    state = TrainState.create(cfg, device, Dist())
+    evaluator = Evaluator(cfg, Dist(), device)
+    evaluator(state.G_ema)  # warm-up
+    results = evaluator(state.G_ema)
+    return {"seconds": results["eval/seconds"], "num_samples": cfg.eval.num_samples, "metrics": cfg.eval.metrics}
+
+
+def report(results: dict[str, Any], cfg: Config) -> str:
+    lines = [f"device: {results['device']}   config: {results['config_summary']}"]
+    for mode in ("local", "ray1", "rayN", "plain"):
+        r = results.get(mode)
+        if not r:
+            continue
+        extra = ""
+        if "tflops_per_s" in r:
+            mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
+            extra = f", {r['tflops_per_s']:.2f} TFLOP/s{mfu}, peak memory {r['peak_memory_mb']:.0f} MB"
+        lines.append(f"{mode:6s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:10.0f} real images/s{extra}")
+        if "split" in r:
+            lines.append("       time split: " + ", ".join(f"{p} {100 * f:.0f}%" for p, f in r["split"].items()))
+    for name, (a, b) in {"local / plain": ("local", "plain"), "ray1 / local": ("ray1", "local"),
+                         "rayN / local": ("rayN", "local")}.items():
+        if results.get(a) and results.get(b):
+            lines.append(f"{name}: {results[a]['steps_per_s'] / results[b]['steps_per_s']:.2f}x")
+    if results.get("local"):
+        loader, used = results["local"]["loader_images_per_s"], results["local"]["images_per_s"]
+        lines.append(f"loader alone ({results['local']['loader_workers']} loader processes): {loader:.0f} images/s "
+                     f"= {loader / used:.1f}x what training consumes")
+    if results.get("eval"):
+        e = results["eval"]
+        lines.append(f"evaluation ({','.join(e['metrics'])}, {e['num_samples']} samples): {e['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distgan.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help="a training config (default: configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--steps", type=int, default=20, help="timed generator steps per mode")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--modes", default="local,plain,ray1", help="comma-separated: local, plain, ray1, rayN, eval")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="rounds over the modes (in turn, so that load changes hit all alike); the best round counts")
+    p.add_argument("--json", type=Path)
+    args = p.parse_intermixed_args(argv)  # options and key=value in any order
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise UserError("--steps and --repeats must be >= 1, --warmup >= 0")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"local", "plain", "ray1", "rayN", "eval"}
+    if unknown:
+        raise UserError(f"--modes: unknown {sorted(unknown)} (local, plain, ray1, rayN, eval)")
+    config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    cfg = load_config(config, ["run.mode=local", *args.overrides])
+    resolve_shards(cfg)
+    device = pick_device(cfg)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    m, t = cfg.model, cfg.train
+    results: dict[str, Any] = {
+        "device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "config_summary": f"{m.image_size} px, width {m.width}, batch {t.batch_size}, n_critic {t.n_critic}, "
+                          f"precision {cfg.speed.precision}, compile {cfg.speed.compile}",
+        "config": to_dict(cfg), "steps": args.steps}
+    timed = {
+        "local": lambda: measure(cfg, Dist(), device, args.steps, args.warmup, len(os.sched_getaffinity(0))),
+        "plain": lambda: measure_plain(cfg, device, args.steps, args.warmup),
+        "ray1": lambda: measure_ray(cfg, 1, args.steps, args.warmup),
+        "rayN": lambda: measure_ray(cfg, cfg.ray.num_workers, args.steps, args.warmup),
+    }
+    for round_ in range(args.repeats):
+        for mode in [m for m in modes if m in timed]:
+            print(f"timing {mode} (round {round_ + 1} of {args.repeats}) ...", flush=True)
+            result = timed[mode]()
+            result["rounds"] = [*results.get(mode, {}).get("rounds", []), result["steps_per_s"]]
+            if mode not in results or result["steps_per_s"] > results[mode]["steps_per_s"]:
+                results[mode] = result
+            results[mode]["rounds"] = result["rounds"]
+    if "eval" in modes:
+        results["eval"] = measure_eval(cfg, device)
+    print(report(results, cfg))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,59 @@
+"""Model FLOPs of a training step, counted (torch.utils.flop_counter), and model FLOPs utilization (MFU).
+
+The count covers what one rank executes in one generator step: n_critic critic updates (generator forward,
+critic forward on real and fake, the penalty's forward, input gradient and its double backward, the critic's
+backward) and the generator update; convolutions and matmuls, as FlopCounterMode counts them. MFU divides
+counted FLOPs per second by the device's dense peak for the precision the step runs in. Peaks are known for a
+few devices only (vendor datasheets, dense, SXM parts); elsewhere perf/mfu is not logged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+# TFLOP/s, dense: (bf16, tf32, fp32 without tensor cores)
+PEAKS = (
+    ("H100 PCIe", (756.0, 378.0, 51.0)),
+    ("H100", (989.0, 494.0, 67.0)),
+    ("H200", (989.0, 494.0, 67.0)),
+    ("A100", (312.0, 156.0, 19.5)),
+)
+
+
+def peak_flops(device: torch.device, bf16: bool, tf32: bool) -> Optional[float]:
+    """FLOP/s of the device at the step's precision, or None where the peak is not known (a CPU, other GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (p_bf16, p_tf32, p_fp32) in PEAKS:
+        if key in name:
+            return 1e12 * (p_bf16 if bf16 else p_tf32 if tf32 else p_fp32)
+    return None
+
+
+class _FlopCounter(TorchDispatchMode):
+    """torch.utils.flop_counter's per-op formulas, without FlopCounterMode's module tracker: its backward hooks
+    fail inside torch.autograd.grad, which the gradient penalty calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(run: Callable[[], object]) -> int:
+    """FLOPs of whatever run() executes (eagerly), counted op by op."""
+    with _FlopCounter() as counter:
+        run()
+    return int(counter.total)

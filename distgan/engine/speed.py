@@ -1,0 +1,71 @@
+"""The GPU fast path: mixed precision, memory layout, fused optimizers, TF32, torch.compile (config section speed).
+
+Each switch keeps the math; tests/test_speed.py checks the ones that could change it (bf16 against fp32 within a
+stated tolerance, the fused critic forward against separate forwards to 1e-6):
+- precision=bf16: the networks' forward passes under torch.autocast(bfloat16). The penalty's input gradient is
+  taken with respect to an fp32 x_hat (so it comes back in fp32), and its norm, the scores' means and every loss
+  are computed in fp32; bf16 needs no loss scaling. auto = bf16 on CUDA, fp32 elsewhere.
+- channels_last: NHWC activations, which cuDNN's convolution kernels prefer on tensor cores (CUDA only).
+- fused_adam: Adam's update as one kernel over all parameters (CUDA only).
+- tf32: TF32 tensor cores for fp32 convolutions and matmuls (CUDA only).
+- fused_critic_forward: D(real) and D(fake) as one forward of the concatenated batch. The critic has no batch
+  statistics, so every sample's score is what it would be alone (dropout masks are drawn for the whole batch
+  instead of per half: the same distribution, another draw).
+- compile: torch.compile of the generator and of the critic's first-order uses (real/fake scores, the generator
+  step). The penalty's double backward goes through the eager critic: compiled graphs do not support it. The
+  compiled modules share their parameters with the eager ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+class Speed:
+    """The speed settings resolved for one device; the defaults change nothing."""
+
+    def __init__(self, cfg=None, device: torch.device = torch.device("cpu")):
+        cuda = device.type == "cuda"
+        self.device = device
+        self.bf16 = cfg is not None and resolve_precision(cfg.precision, device) == "bf16"
+        self.channels_last = bool(cfg and cfg.channels_last and cuda)
+        self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
+        self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
+        self.compile = bool(cfg and cfg.compile)
+        if cuda and cfg is not None:
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def adam(self, params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True) if self.fused_adam else \
+            torch.optim.Adam(params, lr=lr, betas=betas)
+
+
+def full(x: torch.Tensor) -> torch.Tensor:
+    """x in at least fp32: autocast's bf16 outputs go up to fp32, fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def no_timer(name: str):
+    return contextlib.nullcontext()
