@@ -26,8 +26,9 @@ demo: setup
 test: setup-dev
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: setup  # the data loader benchmark (docs/data.md)
-	$(BIN)/python benchmarks/loader.py $(ARGS)
+bench: setup  # training speed against a plain loop (docs/benchmarks.md), then the loader formats (docs/data.md)
+	$(BIN)/python -m distgan.bench $(ARGS)
+	$(BIN)/python benchmarks/loader.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -27,6 +27,8 @@ def plain_steps_per_s(image_size: int, width: int, z_dim: int, batch: int, n_cri
                       bf16: bool = False) -> float:
     """Generator steps per second of the plain loop (after `warmup` steps)."""
     torch.manual_seed(0)
+    if device.type == "cuda":  # what a tuned script sets (the GPU numbers in docs/benchmarks.md ran so)
+        torch.backends.cudnn.benchmark = True
     G = Generator(z_dim, width, image_size).to(device)
     D = Critic(width, image_size, dropout=dropout).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.9))

@@ -9,7 +9,7 @@ Times the real training step against a plain PyTorch WGAN-GP loop of the same mo
   ray.num_workers workers): steps/s of rank 0, every rank doing the same;
 - plain: the one-file loop, same device and precision switch;
 - loader: the data stream alone (images/s), against what training consumes;
-- eval: one evaluation (eval.metrics, eval.num_samples) when eval.every > 0 or --eval.
+- eval: one evaluation (eval.metrics, eval.num_samples).
 Ratios printed: local / plain, ray1 / local, loader / consumption.
 """
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.launch.ray_output import quiet_worker_logging
 from distgan.engine.distributed import Dist, split
-from distgan.engine.flops import count_flops, peak_flops
+from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 from distgan.errors import UserError
@@ -51,16 +52,12 @@ class PhaseTimer:
         self._name = name
         return self
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def __enter__(self):
-        self._sync()
+        sync(self.device)
         self._start = time.perf_counter()
 
     def __exit__(self, *exc):
-        self._sync()
+        sync(self.device)
         self.seconds[self._name] += time.perf_counter() - self._start
 
 
@@ -70,9 +67,10 @@ def sync(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """The device's peak allocation in this mode; on a CPU the process's peak RSS so far (all modes until now)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (Linux: KiB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: int, cpus: float) -> dict[str, Any]:
@@ -84,9 +82,7 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     stream = ShardStream(resolve_shards(cfg), local, cfg.model.image_size, cfg.model.channels, dist.rank,
                          dist.world_size, workers, t.seed, cfg.data.shuffle_buffer)
     real = RealBatches(stream, workers, device)
-    compiled, (state.G_compiled, state.D_compiled) = (state.G_compiled, state.D_compiled), (None, None)
-    flops = count_flops(lambda: train_step(state, real, t, dist))  # one eager step, counted
-    state.G_compiled, state.D_compiled = compiled
+    flops = count_step_flops(state, lambda: train_step(state, real, t, dist))
     for _ in range(warmup):
         train_step(state, real, t, dist)
     sync(device)
@@ -149,7 +145,7 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distgan.launch.ray_train import connect
+    from distgan.launch.ray_train import connect, fit
 
     connect(cfg)
     cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
@@ -160,9 +156,8 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=f"bench-{os.getpid()}-{workers}", storage_path=f"/tmp/distgan-bench-{os.getpid()}",
                              logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level)))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    result = fit(trainer)
+    shutil.rmtree(f"/tmp/distgan-bench-{os.getpid()}", ignore_errors=True)
     out = json.loads(result.metrics["result"])
     out["cpus_per_worker"], out["threads"] = cpus, result.metrics["threads"]
     return out
@@ -177,7 +172,7 @@ def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) ->
     m, t = cfg.model, cfg.train
     rate = plain_steps_per_s(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, steps, warmup, device,
                              dropout=m.critic_dropout, bf16=resolve_precision(cfg.speed.precision, device) == "bf16")
-    return {"steps_per_s": rate, "images_per_s": rate * t.batch_size * t.n_critic}
+    return {"steps_per_s": rate, "images_per_s": rate * t.batch_size * t.n_critic}  # fresh real batch per update
 
 
 def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:

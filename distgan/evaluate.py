@@ -16,7 +16,7 @@ import torch
 
 from distgan.cli import run_main
 from distgan.config import from_dict, load_config, to_dict, validate
-from distgan.engine.checkpoint import find_generator, load_generator, read_file
+from distgan.engine.checkpoint import find_generator, load_generator
 from distgan.engine.distributed import Dist
 
 
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     location = find_generator(args.source)
     G, info = load_generator(location)
-    export = read_file(location)
-    run_config = export.get("config") or {"model": export.get("model") or export["config"]["model"]}
-    cfg = build_config(run_config, args)
+    cfg = build_config(info["config"], args)
     from distgan.evaluation.evaluator import Evaluator, check_evaluation
 
     check_evaluation(cfg)

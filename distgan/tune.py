@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_every = cfg.log.checkpoint_every
     cfg = with_absolute_paths(cfg)
     cfg.log.checkpoint_every = cfg.eval.every  # every reported metric comes with a checkpoint (PBT, restore)
+    # a PBT exploit reads the donor's checkpoint some seconds after the donor reported it: keep a few more
+    cfg.log.keep_checkpoints = max(cfg.log.keep_checkpoints, 5)
     cfg.log.progress = False
     storage = storage_path(cfg) if not search.storage else (
         search.storage if "://" in search.storage else str(__import__("pathlib").Path(search.storage).absolute()))

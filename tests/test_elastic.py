@@ -7,9 +7,12 @@ test_equivalence.py shows that N uneven ranks equal one process, and that a chan
 import signal
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ray_runs import finish, overrides, start_train, wait_for
+
+pytestmark = pytest.mark.xdist_group("ray")  # one process runs every test of the session's Ray cluster
 
 
 def world_sizes(run_dir: Path) -> list[tuple[int, int]]:

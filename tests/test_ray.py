@@ -8,6 +8,7 @@ with RAY_ADDRESS, or `ray job submit`).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 from conftest import ROOT
 from ray_cluster import ENV, RAY, RayNode, TestCluster, loopback_namespace
 from ray_runs import checkpoints, finish, logged_steps, overrides, registered_checkpoints, start_train, wait_for
+
+pytestmark = pytest.mark.xdist_group("ray")  # one process runs every test of the session's Ray cluster
 
 
 @pytest.fixture
@@ -77,30 +80,26 @@ def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
     assert max(checkpoints(run_dir)) == steps
     new_pid = json.loads((run_dir / "workers" / "rank-1.json").read_text())["pid"]
     assert new_pid != info["pid"], "the run was not restarted"
-    resumed = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "resumed from step" in line]
+    resumed = [int(m.group(1)) for m in re.finditer(r"resumed from step (\d+)", text)]
     assert resumed and resumed[0] >= killed_after, f"restart did not resume from a checkpoint: {resumed}"
     steps_logged = logged_steps(run_dir)
     assert steps_logged == list(range(5, steps + 1, 5)), f"gap or repeat in the TensorBoard step axis: {steps_logged}"
 
 
-def test_sigterm_checkpoints_and_rerun_resumes(cluster, tmp_path, demo_cache):
+def test_diverged_worker_ends_the_run_with_one_line(cluster, tmp_path, demo_cache):
+    """A NaN in a Ray worker (a learning rate no run survives): the driver ends with one `error:` line, exit 1.
+    run.root is relative: it means the driver's working directory (the workers run elsewhere)."""
     log = tmp_path / "log.txt"
-    # run.root relative to where the command runs (the workers run elsewhere: the driver makes it absolute)
-    args = overrides("shared", demo_cache, "preempt", "train.steps=400", "log.checkpoint_every=1000")
+    args = overrides("shared", demo_cache, "nan", "train.steps=40", "train.lr_d=1e38", "ray.num_workers=1",
+                     "eval.every=0")
     proc = start_train(cluster, args, log, cwd=tmp_path)
-    run_dir = tmp_path / "shared" / "preempt"
-    wait_for(lambda: (run_dir / "tensorboard").exists() and logged_steps(run_dir), 300, "training to start")
-    proc.send_signal(signal.SIGTERM)
-    finish(proc, log)
-    stopped_at = checkpoints(run_dir)
-    assert len(stopped_at) == 1 and 0 < stopped_at[0] < 400, stopped_at  # only the final checkpoint of SIGTERM
-
-    log2 = tmp_path / "log2.txt"
-    args = overrides("shared", demo_cache, "preempt", f"train.steps={stopped_at[0] + 10}",
-                     "log.checkpoint_every=1000")
-    text = finish(start_train(cluster, args, log2, cwd=tmp_path), log2)
-    assert f"resumed from step {stopped_at[0]}" in text
-    assert max(checkpoints(run_dir)) == stopped_at[0] + 10
+    proc.wait(timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 1, text[-3000:]
+    driver = [line for line in text.splitlines() if not line.startswith("\x1b[3") and not line.startswith("(")]
+    assert driver[-1].startswith("error: training diverged: non-finite "), driver[-5:]
+    assert not any("Traceback" in line for line in driver), "the driver printed a traceback"
+    assert (tmp_path / "shared" / "nan" / "workers" / "rank-0.json").exists(), "run.root relative to the driver"
 
 
 def in_cluster_network(cluster, code: str, *args: str) -> None:
@@ -122,33 +121,40 @@ s3fs.S3FileSystem().get(sys.argv[1], sys.argv[2], recursive=True)
 """
 
 
-def test_object_storage_shards_checkpoints_and_resume(cluster, tmp_path, demo_cache):
+def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_cache):
+    """Shards and run folder on S3 (moto's server standing in for a bucket). SIGTERM to the driver ends the run at
+    the next log step with a checkpoint (none was due); the rerun resumes from it, on one continuous step axis."""
     from distgan.data.demo import ensure_demo_shards
 
     shards = ensure_demo_shards(demo_cache, 16, 512)
     in_cluster_network(cluster, UPLOAD, "distgan-test", shards, "distgan-test/shards")
-    storage = ["data.source=s3://distgan-test/shards", "run.root=s3://distgan-test/runs"]
+    storage = ["data.source=s3://distgan-test/shards", "run.root=s3://distgan-test/runs", "log.checkpoint_every=1000"]
     log = tmp_path / "log.txt"
-    finish(start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", "train.steps=10"), *storage], log), log)
+    proc = start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", "train.steps=400"), *storage], log)
+    wait_for(lambda: "step 5/400" in log.read_text(), 300, "training to start")
+    proc.send_signal(signal.SIGTERM)
+    text = finish(proc, log)
+    stopped = int(re.findall(r"stopped at step (\d+)", text)[-1])
+    assert 0 < stopped < 400 and stopped % 5 == 0
     log2 = tmp_path / "log2.txt"
-    text = finish(start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", "train.steps=20"), *storage],
-                              log2), log2)
-    assert "resumed from step 10" in text
+    text = finish(start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", f"train.steps={stopped + 10}"),
+                                        *storage], log2), log2)
+    assert f"resumed from step {stopped}" in text
 
     in_cluster_network(cluster, DOWNLOAD, "s3://distgan-test/runs/s3run", str(tmp_path / "copy"))
     run_dir = tmp_path / "copy"
-    assert checkpoints(run_dir) == [10, 20]
-    assert logged_steps(run_dir) == [5, 10, 15, 20]  # two runs' event files, one continuous step axis
-    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == ["step-00000010.png", "step-00000020.png"]
+    assert checkpoints(run_dir) == [stopped, stopped + 10]  # SIGTERM's, then the end's
+    assert logged_steps(run_dir) == list(range(5, stopped + 11, 5))  # two runs' event files, one step axis
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png"))[-1] == f"step-{stopped + 10:08d}.png"
     assert sorted(p.name for p in (run_dir / "workers").iterdir()) == ["rank-0.json", "rank-1.json"]
-    # exports pruned on the bucket as in staging: the newest log.keep_checkpoints (3), and the best one
+    # exports pruned on the bucket as in staging (the newest log.keep_checkpoints), and the best one
     assert sorted(p.name for p in (run_dir / "generators").iterdir()) == [
-        "generator-00000010.pt", "generator-00000020.pt", "generator-best.pt"]
+        f"generator-{stopped:08d}.pt", f"generator-{stopped + 10:08d}.pt", "generator-best.pt"]
     # the evaluator reads the run straight from the bucket
     result = cluster.run([sys.executable, "-m", "distgan.evaluate", "s3://distgan-test/runs/s3run", "--metrics", "swd",
                           "--num", "64", "--cache-dir", demo_cache], cwd=ROOT, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "swd" in result.stdout and "s3://distgan-test/runs/s3run/generators/generator-00000020.pt" in result.stdout
+    assert f"s3://distgan-test/runs/s3run/generators/generator-{stopped + 10:08d}.pt" in result.stdout
 
 
 def test_ray_job_stop_writes_a_final_checkpoint(cluster, tmp_path, demo_cache):

@@ -206,6 +206,7 @@ class RealBatches:
             key_log.parent.mkdir(parents=True, exist_ok=True)
             stream.with_keys = True
         self.state = {
+            "seed": stream.seed,  # the stream's order: a resume must use it again (it changes on a resize)
             "batches": stream.state.get("batches", 0),
             "workers": dict(stream.state.get("workers", {})),
             "bad": dict(stream.state.get("bad", {})),

@@ -136,7 +136,8 @@ def validation_batches(stream: ValidationStream, num_workers: int = 0, device: O
     """(float images in [-1, 1] on the device, valid count) for each of the rank's len(stream) batches."""
     device = device or torch.device("cpu")
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
+                        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+                        generator=torch.Generator())  # its own RNG: the global one drives training's dropout
     bad = 0
     for images, meta in loader:
         bad += int(meta["bad"])

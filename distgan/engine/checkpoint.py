@@ -186,8 +186,8 @@ def write_export(directory: Path, export: dict[str, Any], keep: int, best: bool 
 
 
 def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any]]:
-    """A generator (eval mode, on the CPU) and its file's facts (step, metrics, model) from a generator export or
-    a full checkpoint (ema=False takes the raw generator, which only a full checkpoint has)."""
+    """A generator (eval mode, on the CPU) and its file's facts (step, metrics, the run's config as a dict, the model
+    config) from a generator export or a full checkpoint (ema=False takes the raw generator: full checkpoints only)."""
     try:
         data = read_file(location)
     except FileNotFoundError:
@@ -199,11 +199,12 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
         if not ema:
             raise UserError(f"{location} is a generator export (EMA weights only): give a full checkpoint for the "
                             f"raw generator")
-        model, weights, info = data["model"], data["G_ema"], {"step": data["step"], "metrics": data["metrics"]}
+        model, weights = data["model"], data["G_ema"]
+        info = {"step": data["step"], "metrics": data["metrics"], "config": data.get("config") or {"model": model}}
     elif kind == CHECKPOINT_FORMAT:
         model = data["config"]["model"]
         weights = data["state"]["G_ema" if ema else "G"]
-        info = {"step": data["step"], "metrics": {}}
+        info = {"step": data["step"], "metrics": {}, "config": data["config"]}
     else:
         raise UserError(f"{location} is not a distgan checkpoint or generator export")
     model_cfg = from_dict({"model": model}).model

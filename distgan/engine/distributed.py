@@ -130,15 +130,23 @@ class Dist:
         torch_dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_buffers(self, *modules: nn.Module) -> None:
+        """Rank 0's buffers everywhere. Without sync BN each rank's BatchNorm running statistics come from its own
+        batches; what is evaluated and saved must be one generator, as DDP's broadcast_buffers makes it."""
+        if self.active:
+            for module in modules:
+                for buffer in module.buffers():
+                    torch_dist.broadcast(buffer.data, src=0)
+
     def check_identical(self, modules: dict[str, nn.Module]) -> None:
-        """Every rank's parameters must equal rank 0's, bit for bit (as NVlabs/stylegan3 checks before it saves):
-        replicas that drifted apart would write a checkpoint that belongs to no rank. Raises ReplicaMismatch on
-        every rank, naming the first parameter that differs."""
+        """Every rank's parameters and buffers must equal rank 0's, bit for bit (as NVlabs/stylegan3 checks before
+        it saves): replicas that drifted apart would write a checkpoint that belongs to no rank. Raises
+        ReplicaMismatch on every rank, naming the first tensor that differs."""
         if not self.active:
             return
         differs = []
         for name, module in modules.items():
-            for key, p in module.named_parameters():
+            for key, p in [*module.named_parameters(), *module.named_buffers()]:
                 reference = p.detach().clone()
                 torch_dist.broadcast(reference, src=0)
                 if not torch.equal(reference, p.detach()):

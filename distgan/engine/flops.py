@@ -57,3 +57,13 @@ def count_flops(run: Callable[[], object]) -> int:
     with _FlopCounter() as counter:
         run()
     return int(counter.total)
+
+
+def count_step_flops(state, run_step: Callable[[], object]) -> int:
+    """count_flops of one training step, run eagerly: compiled graphs hide their ops from the counter."""
+    compiled = state.G_compiled, state.D_compiled
+    state.G_compiled = state.D_compiled = None
+    try:
+        return count_flops(run_step)
+    finally:
+        state.G_compiled, state.D_compiled = compiled

@@ -23,7 +23,7 @@ from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
 from distgan.engine.distributed import split
-from distgan.engine.flops import count_flops, peak_flops
+from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import Diverged, NonFiniteWatch
 from distgan.engine.launcher import Launcher
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def sample_fixed(state: TrainState, z: torch.Tensor) -> torch.Tensor:
     return state.G_ema(z).cpu()
+
+
+def eval_line(step: int, results: dict[str, float]) -> str:
+    return f"step {step} " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items())
 
 
 def best_so_far(best: dict) -> dict[str, float]:
@@ -64,7 +68,9 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     if payload is not None:
         same_layout = restore(state, payload, dist)
         state.apply_hyperparameters(t)
-        if not same_layout:  # another world size (elastic resize): the ranks' own states cannot carry over
+        if same_layout:
+            stream_seed = state.data_state.get("seed", t.seed)
+        else:  # another world size (elastic resize): the ranks' own states cannot carry over
             stream_seed = reseed_rank_state(t.seed, state.step, dist.rank)
         if dist.is_main:
             if not same_layout:
@@ -92,7 +98,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         results = evaluator(state.G_ema)  # the untrained generator: where the curve starts
         if logger:
             logger.scalars(0, results)
-            say("step 0 " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items()))
+            say(eval_line(0, results))
 
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     flops_per_step: Optional[int] = None  # this rank's model FLOPs per generator step (engine/flops.py)
@@ -133,6 +139,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
 
     def checkpoint_now(metrics: dict[str, float], best: bool) -> None:
         state.data_state = real.state
+        dist.broadcast_buffers(state.G, state.G_ema)
         dist.check_identical({"G": state.G, "D": state.D, "G_ema": state.G_ema})
         ranks = dist.gather(state.rank_state())  # every rank's data position and dropout RNG
         payload = build_payload(state, cfg, ranks)
@@ -145,22 +152,21 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
 
     def evaluate(step: int) -> tuple[dict[str, float], bool]:
         """Collective: the metrics, and whether they are the best so far (that checkpoint is then kept apart)."""
+        dist.broadcast_buffers(state.G_ema)
         results = evaluator(state.G_ema)
         name, value = headline(results)
         improved = not state.best or state.best["metric"] != name or value < state.best["value"]
         if improved:
             state.best = {"metric": name, "value": value, "step": step}
         if dist.is_main:
-            say(f"step {step} " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items())
-                + (" (best)" if improved else ""))
+            say(eval_line(step, results) + (" (best)" if improved else ""))
         return results, improved
 
     while state.step < t.steps:
-        if flops_per_step is None:  # the first step of this process, eagerly, under a FLOP counter
-            compiled, (state.G_compiled, state.D_compiled) = (state.G_compiled, state.D_compiled), (None, None)
+        if flops_per_step is None:  # the first step of this process, under a FLOP counter
             box = {}
-            flops_per_step = count_flops(lambda: box.update(m=train_step(state, real, t, dist)))
-            (state.G_compiled, state.D_compiled), metrics = compiled, box["m"]
+            flops_per_step = count_step_flops(state, lambda: box.update(m=train_step(state, real, t, dist)))
+            metrics = box["m"]
         else:
             metrics = train_step(state, real, t, dist)
         watch.observe(state.step, metrics)
@@ -225,7 +231,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                 log.warning("preemption notice: checkpoint written at step %d, training on", step)
         if stopping:
             if dist.is_main:
-                log.warning("stopped at step %d with a checkpoint", step)
+                say(f"stopped at step {step} with a checkpoint")
             break
 
     if logger:

@@ -5,7 +5,8 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 - precision=bf16: the networks' forward passes under torch.autocast(bfloat16). The penalty's input gradient is
   taken with respect to an fp32 x_hat (so it comes back in fp32), and its norm, the scores' means and every loss
   are computed in fp32; bf16 needs no loss scaling. auto = bf16 on CUDA, fp32 elsewhere.
-- channels_last: NHWC activations, which cuDNN's convolution kernels prefer on tensor cores (CUDA only).
+- channels_last: NHWC activations, which cuDNN's convolution kernels prefer on tensor cores (CUDA only; off
+  under compile).
 - fused_adam: Adam's update as one kernel over all parameters (CUDA only).
 - tf32: TF32 tensor cores for fp32 convolutions and matmuls (CUDA only).
 - fused_critic_forward: D(real) and D(fake) as one forward of the concatenated batch. The critic has no batch
@@ -37,7 +38,9 @@ class Speed:
         cuda = device.type == "cuda"
         self.device = device
         self.bf16 = cfg is not None and resolve_precision(cfg.precision, device) == "bf16"
-        self.channels_last = bool(cfg and cfg.channels_last and cuda)
+        # channels_last and compile together crashed inductor's convolution backward (torch 2.11, H200: a stride
+        # assertion, docs/benchmarks.md), and each alone gives about the same speed: compile takes precedence
+        self.channels_last = bool(cfg and cfg.channels_last and cuda and not cfg.compile)
         self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
         self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
         self.compile = bool(cfg and cfg.compile)

@@ -47,7 +47,7 @@ def shard_folder(stream: ValidationStream) -> str:
 
 
 def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: int) -> str:
-    facts = {"urls": [u.rsplit("/", 1)[-1] for u in stream.urls], "counts": stream.counts, "images": stream.total,
+    facts = {"urls": stream.urls, "counts": stream.counts, "images": stream.total,
              "size": cfg.model.image_size, "channels": cfg.model.channels, "network": network_digest,
              "metrics": sorted(cfg.eval.metrics), "keep": keep, "preprocessing": PREPROCESSING}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]

@@ -160,19 +160,31 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
 
     previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        result = trainer.fit()
+        result = fit(trainer)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if result.error:
-        raise_worker_error(result.error)
     return folder.location, dict(result.metrics or {})
 
 
+def fit(trainer):
+    """trainer.fit(); a worker's Diverged or user error comes back as itself, so the CLI prints its one line
+    (Train V2 raises a WorkerGroupError that wraps each worker's exception)."""
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise_worker_error(exc)
+    if result.error:
+        raise_worker_error(result.error)
+    return result
+
+
 def raise_worker_error(error: BaseException) -> None:
-    """A worker's Diverged or user error, raised again here as itself so the CLI prints its one line."""
     failures = getattr(error, "worker_failures", None) or {}
     for failure in failures.values():
-        if isinstance(failure, (Diverged, UserError)):
-            raise failure from None
+        cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the original as .cause
+        if isinstance(cause, (Diverged, UserError)):
+            raise type(cause)(str(cause).strip().splitlines()[0] if str(cause).strip() else "") from None
     raise error

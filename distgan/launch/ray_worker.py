@@ -68,18 +68,39 @@ class RayCheckpoints:
             except Exception as exc:
                 raise StorageError(f"cannot start from {location}: {first_line(exc)}") from None
             return payload
-        for step in tried:
-            name = f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}"
-            location = f"{self.folder.location.rstrip('/')}/{name}"
+        # rank 0 picks the newest readable checkpoint and every rank loads that one: a storage hiccup on one rank
+        # must not put the ranks on different steps
+        chosen, payload = None, None
+        if self.dist.is_main:
+            for step in tried:
+                try:
+                    payload = self._read(step)
+                    chosen = step
+                    break
+                except Exception as exc:
+                    log.warning("checkpoint %s cannot be read (%s): trying the one before", self._location(step),
+                                first_line(exc))
+        chosen = self.dist.broadcast_object(chosen)
+        if chosen is None:
+            if tried:
+                raise StorageError(f"none of the {len(tried)} checkpoints in {self.folder.location} can be read")
+            return None
+        if payload is None:
             try:
-                payload = torch.load(io.BytesIO(self.folder.read_bytes(name)), map_location="cpu", weights_only=False)
-                check_payload(payload)
-                return payload
+                payload = self._read(chosen)
             except Exception as exc:
-                log.warning("checkpoint %s cannot be read (%s): trying the one before", location, first_line(exc))
-        if tried:
-            raise StorageError(f"none of the {len(tried)} checkpoints in {self.folder.location} can be read")
-        return None
+                raise StorageError(f"rank {self.dist.rank} cannot read {self._location(chosen)}, which rank 0 "
+                                   f"read: {first_line(exc)}") from None
+        return payload
+
+    def _location(self, step: int) -> str:
+        return f"{self.folder.location.rstrip('/')}/{checkpoint_dir(step)}/{CHECKPOINT_FILE}"
+
+    def _read(self, step: int) -> dict[str, Any]:
+        data = self.folder.read_bytes(f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}")
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        check_payload(payload)
+        return payload
 
     def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
         import ray.train

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from distgan.config import from_dict
 from distgan.engine.run_folder import RunFolder
-from distgan.launch.ray_train import build_trainer, raise_worker_error
+from distgan.launch.ray_train import build_trainer, fit
 from distgan.launch.search import apply_params
 
 POINTER = "train_checkpoint.json"
@@ -100,13 +100,13 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str,
     trainer = build_trainer(cfg, train_name, f"{search['dir']}/train", start_from, [make_bridge(q, search["metric"])])
     outcome: dict[str, Any] = {}
 
-    def fit() -> None:
+    def run() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = fit(trainer)
         except BaseException as exc:  # reported from the main thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=fit, name="trainer-fit", daemon=True)
+    thread = threading.Thread(target=run, name="trainer-fit", daemon=True)
     thread.start()
     while thread.is_alive() or not q.empty():
         try:
@@ -117,6 +117,3 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str,
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    result = outcome["result"]
-    if result.error:
-        raise_worker_error(result.error)
