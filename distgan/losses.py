@@ -1,7 +1,8 @@
 """WGAN-GP losses (Gulrajani et al. 2017). Pure functions of tensors and modules: no Ray, no distributed code.
 
-Every loss is a mean over the local batch, so with equal local batches the average of the ranks' gradients is
-the gradient of the whole batch: this is what makes N workers equal one process (tests/test_equivalence.py).
+Every loss is a mean over the local batch; weighted by each rank's share of the batch and summed over ranks, the
+ranks' gradients are the gradient of the whole batch: this is what makes N workers equal one process
+(tests/test_equivalence.py).
 """
 
 from __future__ import annotations

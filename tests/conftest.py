@@ -42,14 +42,25 @@ def run_module(module: str, *args: str, timeout: float = 600, env: dict | None =
                           timeout=timeout, env=full_env)
 
 
+def short_temp_dir() -> Path:
+    """A folder with a short path: Ray's socket paths inside it must stay under 107 bytes."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="dgt-", dir="/tmp"))
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     """One real 2-node Ray cluster for every test module that needs one (tests/ray_cluster.py)."""
+    import shutil
+
     from ray_cluster import TestCluster
 
-    cluster = TestCluster(tmp_path_factory.mktemp("ray"))
+    temp = short_temp_dir()
+    cluster = TestCluster(temp)
     yield cluster
     cluster.stop()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 class TinyFeatures(torch.nn.Module):

@@ -9,6 +9,7 @@ with RAY_ADDRESS, or `ray job submit`).
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, short_temp_dir
 from ray_cluster import ENV, RAY, RayNode, TestCluster, loopback_namespace
 from ray_runs import checkpoints, finish, logged_steps, overrides, registered_checkpoints, start_train, wait_for
 
@@ -186,11 +187,11 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_stopping_a_test_cluster_leaves_other_ray_processes_alive(tmp_path_factory):
+def test_stopping_a_test_cluster_leaves_other_ray_processes_alive():
     """A Ray head of its own (as a user's cluster beside `make test`) survives the suite's cluster stopping: nodes
     are stopped by the PIDs of their `ray start --block` processes, never with `ray stop`."""
     prefix, cleanup = loopback_namespace("bystander")
-    tmp_path = tmp_path_factory.mktemp("by")  # short: Ray's socket paths must fit in 107 bytes
+    tmp_path = short_temp_dir()
     (tmp_path / "bystander").mkdir()
     bystander = RayNode(prefix, ["--head", "--port=6390", "--include-dashboard=false", "--num-cpus=1",
                                  "--node-ip-address=127.0.0.1", "--disable-usage-stats",
@@ -208,3 +209,4 @@ def test_stopping_a_test_cluster_leaves_other_ray_processes_alive(tmp_path_facto
         bystander.stop()
         if cleanup:
             cleanup()
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -4,7 +4,8 @@ We do not wrap the networks in DistributedDataParallel. WGAN-GP needs a double b
 generator step that runs through the critic with the critic's gradients unwanted; both are known DDP traps
 (docs/design.md, "Distributed traps": unused-parameter reduction errors, static_graph silently skipping the
 all-reduce). Instead,
-as NVlabs/stylegan3 does, each network's gradients are flattened and averaged by hand after its one backward.
+as NVlabs/stylegan3 does, each network's gradients are flattened and summed by hand after its one backward (each
+rank's loss carries its share of the batch as a weight).
 tests/test_equivalence.py proves N ranks then equal one process.
 """
 

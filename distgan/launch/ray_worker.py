@@ -116,7 +116,7 @@ class RayCheckpoints:
         self.last_saved = step
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
-        """best/checkpoint.pt in the run folder, beside Ray Train's own (which keeps only the newest)."""
+        """best/checkpoint.pt in the run folder, beside Ray Train's own (it keeps the newest log.keep_checkpoints)."""
         if self.dist.is_main:
             buffer = io.BytesIO()
             torch.save(payload, buffer)
