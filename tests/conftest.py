@@ -3,7 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Both pytest processes, the programs they start and the test cluster's Ray workers share the machine's cores:
+# with one OpenMP thread each they take turns instead of spinning against each other (set it to override)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 from distgan.config import load_config
 
@@ -47,6 +52,15 @@ def short_temp_dir() -> Path:
     import tempfile
 
     return Path(tempfile.mkdtemp(prefix="dgt-", dir="/tmp"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Every test of the session's Ray cluster runs in one pytest-xdist process (loadgroup), so that one cluster
+    serves them all while the other process runs the rest."""
+    for item in items:
+        if "ray_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ray_runs import finish, overrides, start_train, wait_for
 
-pytestmark = pytest.mark.xdist_group("ray")  # one process runs every test of the session's Ray cluster
-
 
 def world_sizes(run_dir: Path) -> list[tuple[int, int]]:
     """(step, world size) as logged to TensorBoard so far."""

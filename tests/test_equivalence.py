@@ -3,13 +3,18 @@ shares (64 over 3 ranks: 22 + 21 + 21) and across a change of world size.
 
 gloo processes and one process run the real train_step on the same real images, latents and alphas (noise is
 drawn for the global batch, each rank keeps its rows), with dropout 0 and synchronized BatchNorm, for full
-n_critic/1 steps. Compared, with a max relative difference < 1e-5:
+n_critic/1 steps, in float64. Compared, with a max relative difference < 1e-5:
 - the gradients each optimizer step receives (after the all-reduce), critic and generator, at every update:
   Adam would hide a wrong gradient scale (a missing 1/world_size moves Adam's weights by about the tolerance
   only), the gradients themselves do not;
 - every parameter and the EMA at the end.
 With the gradient all-reduce switched off (Dist(sync_grads=False)) the same comparison must fail, and so must the
 plain (unweighted) mean of the uneven ranks' gradients.
+
+Why float64: the equivalence is exact arithmetic, and float64 shows it (differences ~1e-15). In float32 the
+rounding differs with the order of the sums (the batch split over ranks, the number of threads), and Adam
+amplifies it over the steps: the same runs differ by 2e-6 to 1.2e-5, too close to the tolerance to tell a bug
+from rounding.
 """
 
 import pytest
@@ -23,6 +28,15 @@ from distgan.engine.step import train_step
 from gloo import spawn
 
 STEPS, N_CRITIC = 3, 2
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """This process in float64 for the test (spawned ranks set it themselves)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def make_config(batch: int):
@@ -96,6 +110,7 @@ def run_steps(rank: int, world: int, batch: int, sync_grads: bool = True, steps:
 
 
 def rank_fn(rank: int, world: int, batch: int, sync_grads: bool, out_dir: str) -> None:
+    torch.set_default_dtype(torch.float64)
     state, grads = run_steps(rank, world, batch, sync_grads)
     torch.save(snapshot(state, grads), f"{out_dir}/rank{rank}.pt")
 
@@ -158,6 +173,7 @@ def test_without_all_reduce_the_ranks_differ(tmp_path):
 
 
 def two_then_save(rank: int, world: int, batch: int, k: int, out: str) -> None:
+    torch.set_default_dtype(torch.float64)
     state, _ = run_steps(rank, world, batch, steps=k)
     dist = Dist(rank, world)
     ranks_state = dist.gather(state.rank_state())

@@ -21,8 +21,6 @@ from conftest import ROOT, short_temp_dir
 from ray_cluster import ENV, RAY, RayNode, TestCluster, loopback_namespace
 from ray_runs import checkpoints, finish, logged_steps, overrides, registered_checkpoints, start_train, wait_for
 
-pytestmark = pytest.mark.xdist_group("ray")  # one process runs every test of the session's Ray cluster
-
 
 @pytest.fixture
 def cluster(ray_cluster):

@@ -20,8 +20,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import ROOT, run_module
 from ray_cluster import ENV
 
-pytestmark = pytest.mark.xdist_group("ray")  # one process runs every test of the session's Ray cluster
-
 TINY = ["model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", "data.shuffle_buffer=64",
         "train.batch_size=16", "train.device=cpu", "log.every=10", "eval.metrics=[swd]", "eval.num_samples=128",
         "ray.num_workers=1", "search.metric=eval/swd", "search.max_concurrent_trials=2"]
