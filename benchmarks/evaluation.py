@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/evaluation.py --cost-images 200 --bias-sizes ""          # CPU: the cost only
     python benchmarks/evaluation.py --device cuda --bias-sizes 250,500,1000,2000,4000     # GPU: both
+    .venv/bin/python benchmarks/evaluation.py --cost-images 50 --reference 1000 --bias-sizes 100,250,500,1000  # CPU
 
 cost: seconds per 1,000 generated samples with the standard Inception network, the whole path of an evaluation
 (generate with the seed generator at 64 px, quantize, resize to 299, features, statistics), after one warm-up
 batch. bias: the demo faces (8,192 at 64 px, generated, nothing downloaded) split in two halves from one
 distribution; FID and KID of n images of the second half against the reference statistics of the whole first
-half. Their true distance is ~0, so what FID shows at n is its small-sample bias (KID is unbiased).
+half (or its first --reference images). Their true distance is ~0, so what FID shows at n is its small-sample bias (KID is unbiased).
 """
 
 from __future__ import annotations
@@ -62,18 +63,18 @@ def set_statistics(network, images: torch.Tensor, device: torch.device, batch: i
     return stats.gathered(Dist())
 
 
-def bias(network, device: torch.device, sizes: list[int], batch: int, cache: str) -> list[dict]:
+def bias(network, device: torch.device, sizes: list[int], batch: int, cache: str, reference_size: int) -> list[dict]:
     root = ensure_demo_shards(cache, 64, 8192)
     stream = ValidationStream.from_source(root, 8192, 64)
     images = next(iter(validation_batches(stream)))[0]
-    first, second = images[:4096], images[4096:]
+    first, second = images[:reference_size], images[4096:]
     reference = set_statistics(network, first, device, batch, keep=4096)
     rows = []
     for n in sizes:
         fake = set_statistics(network, second[:n], device, batch, keep=n)
         scores = compute_metrics(reference, fake, ["fid", "kid"], kid_subsets=100, kid_subset_size=min(n, 1000))
         rows.append({"n": n, "fid": scores["eval/fid"], "kid": scores["eval/kid"]})
-        print(f"n={n:5d}  FID {scores['eval/fid']:.3f}  KID {scores['eval/kid']:.5f}", flush=True)
+        print(f"reference {reference_size}, n={n:5d}  FID {scores['eval/fid']:.3f}  KID {scores['eval/kid']:.5f}", flush=True)
     return rows
 
 
@@ -82,19 +83,22 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cost-images", type=int, default=200)
     p.add_argument("--bias-sizes", default="250,500,1000,2000,4000", help="comma-separated; empty: skip")
+    p.add_argument("--reference", type=int, default=4096, help="reference images, from the first half (<= 4096)")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "distgan-bench-eval"))
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if not 2 <= args.reference <= 4096:
+        p.error("--reference must be within 2..4096")
     device = torch.device(args.device)
     network = load_feature_network(device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     seconds = cost(network, device, args.cost_images, args.batch)
     print(f"{name}: {seconds:.1f} s per 1,000 samples (Inception at 299 px, seed generator at 64 px)", flush=True)
-    result = {"device": name, "seconds_per_1000": seconds, "bias": []}
+    result = {"device": name, "seconds_per_1000": seconds, "reference": args.reference, "bias": []}
     sizes = [int(s) for s in args.bias_sizes.split(",") if s.strip()]
     if sizes:
-        result["bias"] = bias(network, device, sizes, args.batch, args.cache)
+        result["bias"] = bias(network, device, sizes, args.batch, args.cache, args.reference)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 
