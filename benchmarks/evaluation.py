@@ -8,7 +8,8 @@ cost: seconds per 1,000 generated samples with the standard Inception network, t
 (generate with the seed generator at 64 px, quantize, resize to 299, features, statistics), after one warm-up
 batch. bias: the demo faces (8,192 at 64 px, generated, nothing downloaded) split in two halves from one
 distribution; FID and KID of n images of the second half against the reference statistics of the whole first
-half (or its first --reference images). Their true distance is ~0, so what FID shows at n is its small-sample bias (KID is unbiased).
+half (or its first --reference images). Their true distance is ~0, so what FID shows at n is its small-sample bias
+(KID is unbiased).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def bias(network, device: torch.device, sizes: list[int], batch: int, cache: str
         fake = set_statistics(network, second[:n], device, batch, keep=n)
         scores = compute_metrics(reference, fake, ["fid", "kid"], kid_subsets=100, kid_subset_size=min(n, 1000))
         rows.append({"n": n, "fid": scores["eval/fid"], "kid": scores["eval/kid"]})
-        print(f"reference {reference_size}, n={n:5d}  FID {scores['eval/fid']:.3f}  KID {scores['eval/kid']:.5f}", flush=True)
+        print(f"reference {reference_size}, n={n:5d}  FID {scores['eval/fid']:.3f}  KID {scores['eval/kid']:.5f}",
+              flush=True)
     return rows
 
 
