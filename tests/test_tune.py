@@ -4,6 +4,7 @@ Tiny trials (16 px, width 8, one CPU worker each) ranked by SWD (eval/swd: weigh
 way with the Inception network, which is too slow for CPU tests).
 """
 
+import csv
 import hashlib
 import json
 import signal
@@ -61,9 +62,15 @@ def reported_steps(search_dir: Path) -> dict[str, list[int]]:
 
 def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_path, demo_cache):
     """4 trials, 2 at a time. The driver is killed (by PID) once the first results are in; the rerun resumes the
-    search to the end; ASHA has stopped at least one trial early; the best config trains with distgan.train."""
-    search = ["search.name=asha", "search.num_samples=4", "train.steps=40", "eval.every=20",
-              "search.asha.reduction_factor=2"]
+    search to the end; ASHA has stopped at least one trial early; the best config trains with distgan.train.
+
+    The trials come in grid order: two with sound generator learning rates (1e-3, 5e-4), then two with rates that
+    wreck the generator within a few steps (5e-2, 1e-1). The later two start only when one of the first two has
+    finished, so they reach ASHA's rung (step 20) after a better result is recorded there, and are stopped. (With
+    sampled rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of
+    improving SWD stops none, as happened once.)"""
+    search = ["search.name=asha", "search.num_samples=1", "train.steps=40", "eval.every=20",
+              "search.space.train.lr_g={grid: [1.0e-3, 5.0e-4, 5.0e-2, 1.0e-1]}", "search.asha.reduction_factor=2"]
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
     search_dir = tmp_path / "runs" / "asha"
     env = {**ENV, "RAY_ADDRESS": ray_cluster.address}
@@ -85,6 +92,9 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     assert finals[-1] == 40 and finals[0] < 40, f"ASHA stopped no trial early: {steps}"
     rows = (search_dir / "trials.csv").read_text().splitlines()
     assert len(rows) == 5 and "stopped early" in "\n".join(rows)
+    swd = {float(r["train.lr_g"]): float(r["eval/swd"]) for r in csv.DictReader(rows)}  # at each trial's last report
+    print(f"eval/swd by lr_g: {swd}")
+    assert max(swd[1e-3], swd[5e-4]) < min(swd[5e-2], swd[1e-1]), "the wrecked trials are not the worse ones"
     assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
     state = cluster_state(ray_cluster)
     assert state["groups"] == [] and state["free"] == pytest.approx(state["total"]), state
