@@ -1,4 +1,5 @@
-"""A real multi-node Ray cluster on this machine for the tests, stopped by PID only (never `ray stop`).
+"""A real multi-node Ray cluster on this machine for the tests, stopped by PID only (never the Ray CLI's stop
+command, which ends every Ray process on the machine).
 
 Each node is one `ray start --block` process: it starts the node's daemons (GCS, raylet, dashboard, ...) as its
 children and, on SIGTERM, drains the node and stops exactly those. So the suite ends only what it started: a
