@@ -40,11 +40,13 @@ def concurrency(cfg: Config, search: SearchConfig, available: dict[str, float]) 
     return max(1, fits)
 
 
-def scheduler(cfg: Config, search: SearchConfig):
-    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+def scheduler(cfg: Config, search: SearchConfig, experiment: str):
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    from distgan.launch.asha import ResumableASHA
 
     if search.scheduler == "asha":
-        return ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
+        return ResumableASHA(experiment, time_attr="step", max_t=cfg.train.steps,
                              grace_period=max(cfg.eval.every, int(search.asha.get("grace_period", 0))),
                              reduction_factor=float(search.asha.get("reduction_factor", 2)))
     return PopulationBasedTraining(
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from distgan.launch.asha import ResumableASHA
+
     started_here = connect(cfg)
     if started_here:
         check_fits(worker_resources(cfg), cfg.ray.num_workers, ray.cluster_resources(), " for one trial")
@@ -125,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        RunFolder(experiment).remove(ResumableASHA.RECORDS)  # a search started afresh in a folder not restorable
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, scheduler=scheduler(cfg, search),
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
+                                        scheduler=scheduler(cfg, search, experiment),
                                         search_alg=BasicVariantGenerator(random_state=search.seed),
                                         num_samples=search.num_samples,
                                         max_concurrent_trials=concurrency(cfg, search, ray.available_resources())),

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
@@ -39,9 +40,20 @@ def checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").exists())
 
 
+def readable_checkpoints(run_dir: Path) -> list[int]:
+    """Checkpoint folders whose file reads back whole (a folder can be seen while Ray is still copying into it)."""
+    steps = []
+    for step in checkpoints(run_dir):
+        try:
+            torch.load(run_dir / f"checkpoint_{step:08d}" / "checkpoint.pt", map_location="cpu", weights_only=False)
+            steps.append(step)
+        except Exception:
+            pass
+    return steps
+
+
 def registered_checkpoints(run_dir: Path) -> list[int]:
-    """Checkpoints Ray Train has registered (a restart resumes from the newest of these, not from a folder that
-    a worker has written but the controller has not yet recorded)."""
+    """Checkpoints Ray Train's controller has recorded (it collects the workers' reports every 2 s)."""
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     if not snapshot.exists():
         return []

@@ -42,6 +42,25 @@ def test_tensorboard_events_read_back(finished_run: Path):
     assert "config/text_summary" in tags["tensors"]
 
 
+def test_a_restarted_attempt_replaces_what_the_failed_one_logged_past_its_start(tmp_path):
+    """An attempt that died after logging steps 10-30 is followed by one from scratch (it died before its first
+    checkpoint), then by one resumed at step 20: TensorBoard shows each step once, with the latest attempt's value."""
+    from distgan.engine.logger import RunLogger
+
+    def attempt(start: int, steps: list[int], value: float) -> None:
+        logger = RunLogger(str(tmp_path), 100, start, progress=False)
+        for step in steps:
+            logger.scalars(step, {"loss/critic": value, "dist/world_size": value})
+        logger.close()
+
+    attempt(0, [10, 20, 30], 1.0)
+    attempt(0, [10, 20], 2.0)
+    attempt(20, [30, 40], 3.0)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    for tag in ("loss/critic", "dist/world_size"):  # every tag: TensorBoard's own fallback purges only one
+        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(10, 2.0), (20, 2.0), (30, 3.0), (40, 3.0)], tag
+
+
 def test_run_directory_layout(finished_run: Path):
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["ckpt-00000002.pt", "ckpt-00000004.pt"]
     grids = sorted(p.name for p in (finished_run / "samples").iterdir())

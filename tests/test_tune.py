@@ -68,7 +68,9 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     wreck the generator within a few steps (5e-2, 1e-1). The later two start only when one of the first two has
     finished, so they reach ASHA's rung (step 20) after a better result is recorded there, and are stopped. (With
     sampled rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of
-    improving SWD stops none, as happened once.)"""
+    improving SWD stops none, as happened once.) The records at the rung must survive the interruption: without
+    distgan's ResumableASHA the first two trials' results at step 20, reported before the kill, are forgotten, and
+    the later two go on to the end (as happened in a CI run)."""
     search = ["search.name=asha", "search.num_samples=1", "train.steps=40", "eval.every=20",
               "search.space.train.lr_g={grid: [1.0e-3, 5.0e-4, 5.0e-2, 1.0e-1]}", "search.asha.reduction_factor=2"]
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
@@ -107,6 +109,38 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
                              timeout=300)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     assert "done at step 10" in trained.stdout
+
+
+def test_asha_keeps_its_rung_records_when_the_search_is_resumed(tmp_path, caplog):
+    """Tune restores a search's scheduler as it was pickled at the start (empty rungs). A trial reaching the rung after
+    the resume must still be measured against the results recorded before the interruption."""
+    import pickle
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from distgan.launch.asha import ResumableASHA
+
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+    started = ResumableASHA(str(tmp_path), time_attr="step", metric="eval/swd", mode="min", max_t=40,
+                            grace_period=20, reduction_factor=2)
+    as_pickled = pickle.dumps(started)
+    for trial in trials[:2]:
+        started.on_trial_add(None, trial)
+    assert started.on_trial_result(None, trials[0], {"step": 20, "eval/swd": 0.20}) == TrialScheduler.CONTINUE
+    assert started.on_trial_result(None, trials[1], {"step": 20, "eval/swd": 0.18}) == TrialScheduler.CONTINUE
+
+    def resumed() -> ResumableASHA:
+        scheduler = pickle.loads(as_pickled)
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        return scheduler
+
+    assert resumed().on_trial_result(None, trials[2], {"step": 20, "eval/swd": 0.5}) == TrialScheduler.STOP
+    # unreadable records: said so, and the search goes on as plain ASHA would (the first at an empty rung goes on)
+    (tmp_path / ResumableASHA.RECORDS).write_text("{trunc")
+    assert resumed().on_trial_result(None, trials[2], {"step": 20, "eval/swd": 0.5}) == TrialScheduler.CONTINUE
+    assert "cannot be read" in caplog.text
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

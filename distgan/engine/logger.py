@@ -23,8 +23,9 @@ class RunLogger:
     """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
 
     def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool):
-        # purge_step: after a resume, TensorBoard drops what an earlier attempt logged past the checkpoint
-        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else None)
+        # purge_step: TensorBoard drops what an earlier attempt logged past the step this one starts at, also when
+        # it starts from scratch (an attempt that died before its first checkpoint)
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1)
         interactive = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
         self.last_line = time.time()

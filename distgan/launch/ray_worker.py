@@ -34,9 +34,8 @@ STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM or
 class RayCheckpoints:
     """Ray Train's checkpoints: run_dir/checkpoint_<step>/checkpoint.pt, registered by ray.train.report.
 
-    Every rank calls save (ray.train.report is collective); rank 0 attaches the payload. load_latest() starts at
-    the checkpoint Ray hands a (re)started worker group, or at the one this attempt saved last (a rollback), and
-    falls back to older checkpoint folders of the run when that one cannot be read.
+    Every rank calls save (ray.train.report is collective); rank 0 attaches the payload. load_latest() takes the
+    newest checkpoint folder of the run that reads back whole (see candidates), and falls back to older ones.
     """
 
     def __init__(self, dist: Dist, folder: RunFolder, start_from: str = ""):
@@ -46,17 +45,21 @@ class RayCheckpoints:
         self.last_saved: Optional[int] = None
 
     def candidates(self) -> list[int]:
-        """Steps to try, newest first: never past the newest checkpoint Ray registered (or this attempt saved)."""
+        """Steps to try, newest first: every checkpoint folder of the run, and the one Ray hands a restarted worker
+        group. A folder Ray has not registered yet counts too: ray.train.report writes it before the controller
+        collects the report (it polls every 2 s), so a node lost in between would otherwise cost a checkpoint
+        interval, or the whole run when it was the first. Loading verifies each candidate (load_latest). After a
+        rollback nothing past the checkpoint this attempt saved last is taken."""
         import ray.train
 
-        newest = self.last_saved
-        if newest is None:
-            checkpoint = ray.train.get_checkpoint()
-            if checkpoint is None:
-                return []
-            newest = checkpoint_step(Path(checkpoint.path).name)
         found = {checkpoint_step(p.rsplit("/", 2)[-2]) for p in self.folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
-        return sorted({s for s in found if s is not None and s <= newest} | {newest}, reverse=True)
+        found.discard(None)
+        if self.last_saved is not None:
+            return sorted({s for s in found if s <= self.last_saved} | {self.last_saved}, reverse=True)
+        registered = ray.train.get_checkpoint()
+        if registered is not None:
+            found.add(checkpoint_step(Path(registered.path).name))
+        return sorted(found, reverse=True)
 
     def load_latest(self) -> Optional[dict[str, Any]]:
         tried = self.candidates()
