@@ -5,12 +5,16 @@ Times the real training step against a plain PyTorch WGAN-GP loop of the same mo
 - local: this process (run.mode=local's path): generator steps/s, real images/s, model TFLOP/s and MFU, peak
   memory, and a time split (waiting for data, critic updates, generator update, gradient all-reduce) from a
   second pass that synchronizes the device at every phase boundary (so the split slows that pass a little);
-- ray1 / rayN: the same inside Ray Train workers (1 worker with all of this machine's CPUs or one GPU; N =
-  ray.num_workers workers): steps/s of rank 0, every rank doing the same;
+- ray1 / rayN: the same inside Ray Train workers (1 worker with all of the largest node's CPUs, or one GPU; N =
+  ray.num_workers workers sharing them): steps/s of rank 0, every rank doing the same;
+- local_beside_ray: local mode while this process holds an idle Ray cluster: what Ray's own processes (GCS,
+  raylet, dashboard, agents) cost the step on this machine, apart from the Ray Train code path;
 - plain: the one-file loop, same device and precision switch;
 - loader: the data stream alone (images/s), against what training consumes;
 - eval: one evaluation (eval.metrics, eval.num_samples).
-Ratios printed: local / plain, ray1 / local, loader / consumption.
+Ratios printed: local / plain, ray1 / local, local_beside_ray / local, ray1 / local_beside_ray, loader /
+consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
+beside one.
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def ray_worker(config: dict[str, Any]) -> None:
 
 
 def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str, Any]:
-    """The same measurement inside `workers` Ray Train workers; CPU workers share this machine's cores."""
+    """The same measurement inside `workers` Ray Train workers; CPU workers share the largest node's cores."""
     import ray
     import ray.train
     from ray.train import RunConfig, ScalingConfig
@@ -147,8 +151,10 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
 
     from distgan.launch.ray_train import connect, fit
 
-    connect(cfg)
-    cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    started = connect(cfg)
+    # CPU workers share the largest node's cores (the whole cluster's would not fit on one node of several)
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
+    cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(largest) // workers)
     resources = {"CPU": cpus, **({"GPU": 1} if cfg.ray.use_gpu else {})}
     trainer = TorchTrainer(
         ray_worker, train_loop_config={"config": to_dict(cfg), "steps": steps, "warmup": warmup, "cpus": cpus},
@@ -156,11 +162,29 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=f"bench-{os.getpid()}-{workers}", storage_path=f"/tmp/distgan-bench-{os.getpid()}",
                              logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level)))
-    result = fit(trainer)
-    shutil.rmtree(f"/tmp/distgan-bench-{os.getpid()}", ignore_errors=True)
+    try:
+        result = fit(trainer)
+    finally:
+        shutil.rmtree(f"/tmp/distgan-bench-{os.getpid()}", ignore_errors=True)
+        if started:
+            ray.shutdown()
     out = json.loads(result.metrics["result"])
     out["cpus_per_worker"], out["threads"] = cpus, result.metrics["threads"]
     return out
+
+
+def measure_local_beside_ray(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    """Local mode while an idle Ray cluster runs beside it (started here, or the one ray.address names)."""
+    import ray
+
+    from distgan.launch.ray_train import connect
+
+    started = connect(cfg)
+    try:
+        return measure(cfg, Dist(), device, steps, warmup, len(os.sched_getaffinity(0)))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
@@ -187,7 +211,7 @@ def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:
 
 def report(results: dict[str, Any], cfg: Config) -> str:
     lines = [f"device: {results['device']}   config: {results['config_summary']}"]
-    for mode in ("local", "ray1", "rayN", "plain"):
+    for mode in ("local", "local_beside_ray", "ray1", "rayN", "plain"):
         r = results.get(mode)
         if not r:
             continue
@@ -195,11 +219,12 @@ def report(results: dict[str, Any], cfg: Config) -> str:
         if "tflops_per_s" in r:
             mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
             extra = f", {r['tflops_per_s']:.2f} TFLOP/s{mfu}, peak memory {r['peak_memory_mb']:.0f} MB"
-        lines.append(f"{mode:6s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:10.0f} real images/s{extra}")
+        lines.append(f"{mode:16s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:10.0f} real images/s{extra}")
         if "split" in r:
-            lines.append("       time split: " + ", ".join(f"{p} {100 * f:.0f}%" for p, f in r["split"].items()))
+            lines.append(" " * 17 + "time split: " + ", ".join(f"{p} {100 * f:.0f}%" for p, f in r["split"].items()))
     for name, (a, b) in {"local / plain": ("local", "plain"), "ray1 / local": ("ray1", "local"),
-                         "rayN / local": ("rayN", "local")}.items():
+                         "rayN / local": ("rayN", "local"), "local_beside_ray / local": ("local_beside_ray", "local"),
+                         "ray1 / local_beside_ray": ("ray1", "local_beside_ray")}.items():
         if results.get(a) and results.get(b):
             lines.append(f"{name}: {results[a]['steps_per_s'] / results[b]['steps_per_s']:.2f}x")
     if results.get("local"):
@@ -218,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--steps", type=int, default=20, help="timed generator steps per mode")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--modes", default="local,plain,ray1", help="comma-separated: local, plain, ray1, rayN, eval")
+    p.add_argument("--modes", default="local,plain,ray1",
+                   help="comma-separated: local, plain, ray1, rayN, local_beside_ray, eval")
     p.add_argument("--repeats", type=int, default=2,
                    help="rounds over the modes (in turn, so that load changes hit all alike); the best round counts")
     p.add_argument("--json", type=Path)
@@ -226,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         raise UserError("--steps and --repeats must be >= 1, --warmup >= 0")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - {"local", "plain", "ray1", "rayN", "eval"}
+    known = ("local", "plain", "ray1", "rayN", "local_beside_ray", "eval")
+    unknown = set(modes) - set(known)
     if unknown:
-        raise UserError(f"--modes: unknown {sorted(unknown)} (local, plain, ray1, rayN, eval)")
+        raise UserError(f"--modes: unknown {sorted(unknown)} ({', '.join(known)})")
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     resolve_shards(cfg)
@@ -245,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain": lambda: measure_plain(cfg, device, args.steps, args.warmup),
         "ray1": lambda: measure_ray(cfg, 1, args.steps, args.warmup),
         "rayN": lambda: measure_ray(cfg, cfg.ray.num_workers, args.steps, args.warmup),
+        "local_beside_ray": lambda: measure_local_beside_ray(cfg, device, args.steps, args.warmup),
     }
     for round_ in range(args.repeats):
         for mode in [m for m in modes if m in timed]:

@@ -1,9 +1,11 @@
-"""python -m distgan.bench: a few steps of the local and plain modes; the JSON has every field docs/benchmarks.md
-reads (no time is asserted: timings belong to benchmarks, not tests)."""
+"""python -m distgan.bench: a few steps of each mode; the JSON has every field docs/benchmarks.md reads (no time is
+asserted: timings belong to benchmarks, not tests)."""
 
 import json
+import sys
 
-from conftest import run_module
+from conftest import ROOT, run_module
+from ray_cluster import ENV
 from distgan.data.stream import loader_workers
 
 
@@ -33,3 +35,21 @@ def test_loader_workers_follow_the_cores():
     assert loader_workers(-1, 7) == 5  # a GPU worker with 7 CPUs
     assert loader_workers(-1, 64) == 8
     assert loader_workers(3, 2) == 3  # data.num_workers overrides
+
+
+def test_bench_ray_modes_on_a_two_node_cluster(ray_cluster, tmp_path, demo_cache):
+    """ray1 on the session's 2-node cluster (2 CPUs a node): its one worker gets a node's CPUs, not the cluster's
+    (that would fit no node), and local_beside_ray times local mode beside the joined cluster."""
+    out = tmp_path / "bench.json"
+    result = ray_cluster.run(
+        [sys.executable, "-m", "distgan.bench", "--steps", "2", "--warmup", "1", "--repeats", "1", "--modes",
+         "ray1,local_beside_ray", "model.width=8", "model.z_dim=16", "model.image_size=16", "data.demo_images=512",
+         f"data.cache_dir={demo_cache}", "train.batch_size=16", "--json", str(out)],
+        env={**ENV, "RAY_ADDRESS": ray_cluster.address}, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    data = json.loads(out.read_text())
+    ray1, beside = data["ray1"], data["local_beside_ray"]
+    assert ray1["cpus_per_worker"] == 2 and ray1["threads"] >= 1  # the test cluster runs with OMP_NUM_THREADS=1
+    for mode in (ray1, beside):
+        assert mode["steps_per_s"] > 0 and set(mode["split"]) == {"data", "critic", "allreduce", "generator"}
+    assert "ray1 / local_beside_ray:" in result.stdout
