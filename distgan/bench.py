@@ -26,6 +26,7 @@ import resource
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,26 @@ def ray_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+@contextmanager
+def ray_cluster(cfg: Config):
+    """The cluster ray.address names, or a private one started here and stopped on leaving: the modes timed
+    after a Ray mode must not run beside an idle cluster (see local_beside_ray)."""
+    import ray
+
+    from distgan.launch.ray_train import connect
+
+    started = connect(cfg)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def measure_local(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    return measure(cfg, Dist(), device, steps, warmup, len(os.sched_getaffinity(0)))
+
+
 def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str, Any]:
     """The same measurement inside `workers` Ray Train workers; CPU workers share the largest node's cores."""
     import ray
@@ -149,25 +170,24 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from distgan.launch.ray_train import connect, fit
+    from distgan.launch.ray_train import fit
 
-    started = connect(cfg)
-    # CPU workers share the largest node's cores (the whole cluster's would not fit on one node of several)
-    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
-    cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(largest) // workers)
-    resources = {"CPU": cpus, **({"GPU": 1} if cfg.ray.use_gpu else {})}
-    trainer = TorchTrainer(
-        ray_worker, train_loop_config={"config": to_dict(cfg), "steps": steps, "warmup": warmup, "cpus": cpus},
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=f"bench-{os.getpid()}-{workers}", storage_path=f"/tmp/distgan-bench-{os.getpid()}",
-                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level)))
-    try:
-        result = fit(trainer)
-    finally:
-        shutil.rmtree(f"/tmp/distgan-bench-{os.getpid()}", ignore_errors=True)
-        if started:
-            ray.shutdown()
+    storage = f"/tmp/distgan-bench-{os.getpid()}"
+    with ray_cluster(cfg):
+        # CPU workers share the largest node's cores (the whole cluster's would not fit on one node of several)
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)
+        cpus = cfg.ray.cpus_per_worker if cfg.ray.use_gpu else max(1, int(largest) // workers)
+        resources = {"CPU": cpus, **({"GPU": 1} if cfg.ray.use_gpu else {})}
+        trainer = TorchTrainer(
+            ray_worker, train_loop_config={"config": to_dict(cfg), "steps": steps, "warmup": warmup, "cpus": cpus},
+            torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(name=f"bench-{os.getpid()}-{workers}", storage_path=storage,
+                                 logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level)))
+        try:
+            result = fit(trainer)
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
     out = json.loads(result.metrics["result"])
     out["cpus_per_worker"], out["threads"] = cpus, result.metrics["threads"]
     return out
@@ -175,16 +195,8 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
 
 def measure_local_beside_ray(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
     """Local mode while an idle Ray cluster runs beside it (started here, or the one ray.address names)."""
-    import ray
-
-    from distgan.launch.ray_train import connect
-
-    started = connect(cfg)
-    try:
-        return measure(cfg, Dist(), device, steps, warmup, len(os.sched_getaffinity(0)))
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_cluster(cfg):
+        return measure_local(cfg, device, steps, warmup)
 
 
 def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"precision {cfg.speed.precision}, compile {cfg.speed.compile}",
         "config": to_dict(cfg), "steps": args.steps}
     timed = {
-        "local": lambda: measure(cfg, Dist(), device, args.steps, args.warmup, len(os.sched_getaffinity(0))),
+        "local": lambda: measure_local(cfg, device, args.steps, args.warmup),
         "plain": lambda: measure_plain(cfg, device, args.steps, args.warmup),
         "ray1": lambda: measure_ray(cfg, 1, args.steps, args.warmup),
         "rayN": lambda: measure_ray(cfg, cfg.ray.num_workers, args.steps, args.warmup),
