@@ -40,6 +40,15 @@ def concurrency(cfg: Config, search: SearchConfig, available: dict[str, float]) 
     return max(1, fits)
 
 
+def trial_count(search: SearchConfig) -> int:
+    """num_samples per point of the grid keys' product."""
+    count = search.num_samples
+    for spec in search.space.values():
+        if isinstance(spec, dict) and "grid" in spec:
+            count *= len(spec["grid"])
+    return count
+
+
 def scheduler(cfg: Config, search: SearchConfig, experiment: str):
     from ray.tune.schedulers import PopulationBasedTraining
 
@@ -129,15 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        at_once = concurrency(cfg, search, ray.available_resources())
+        print(f"{trial_count(search)} trials, at most {at_once} at a time")
+        if search.scheduler == "pbt" and search.num_samples > at_once:
+            log.warning("PBT with a population of %d, of which only %d fit at once: the rest wait for a free slot "
+                        "and are compared with trials that have moved on", search.num_samples, at_once)
         RunFolder(experiment).remove(ResumableASHA.RECORDS)  # a search started afresh in a folder not restorable
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
                                         scheduler=scheduler(cfg, search, experiment),
-                                        search_alg=BasicVariantGenerator(random_state=search.seed),
-                                        num_samples=search.num_samples,
-                                        max_concurrent_trials=concurrency(cfg, search, ray.available_resources())),
+                                        # the limit goes to the generator: Tune ignores max_concurrent_trials
+                                        # when given a search_alg of this kind (and only warns)
+                                        search_alg=BasicVariantGenerator(random_state=search.seed,
+                                                                         max_concurrent=at_once),
+                                        num_samples=search.num_samples),
             # stop at train.steps: a final result must not start a PBT exploit that has nothing left to train
             run_config=tune.RunConfig(name="tune", storage_path=search_dir, verbose=1, stop={"step": cfg.train.steps},
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),  # tiny pointers

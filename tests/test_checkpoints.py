@@ -139,3 +139,35 @@ def test_replicas_that_differ_are_not_saved(tiny_config, tmp_path):
     outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert all(o.startswith("replicas diverged") for o in outcomes), outcomes
     assert "D.net.0.weight" in outcomes[1]
+
+
+def test_a_run_resumed_at_its_last_step_reports_its_final_metrics_again(tiny_config, tmp_path):
+    """A Tune trial restored after it had finished (its last report lost with the search's driver) has nothing left
+    to train, but the scheduler waits for its final metrics: without them Tune ends the whole search. The loop
+    reports what was reported with that checkpoint, as TensorBoard recorded it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distgan.engine.loop import train
+    from distgan.launch.local import LocalLauncher
+
+    class ReportingLauncher(LocalLauncher):
+        """Local mode, with what the loop hands a scheduler recorded."""
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.reports: list[tuple[int, dict]] = []
+
+        def report(self, step: int, metrics: dict) -> None:
+            self.reports.append((step, dict(metrics)))
+
+    cfg = tiny_config("train.steps=4", "eval.every=2", "eval.metrics=[swd]", "eval.num_samples=64")
+    with ReportingLauncher(cfg, tmp_path / "run") as first:
+        train(cfg, first)
+    assert [step for step, _ in first.reports] == []  # each evaluation came with a checkpoint, which carries it
+    with ReportingLauncher(cfg, tmp_path / "run") as again:
+        state = train(cfg, again)
+    assert state.step == 4 and [step for step, _ in again.reports] == [4], again.reports
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = {s.step: s.value for s in events.Scalars("eval/swd")}
+    assert again.reports[0][1]["eval/swd"] == pytest.approx(logged[4], rel=1e-6)

@@ -41,13 +41,47 @@ def run_tune(cluster, args, log: Path, timeout: float = 600) -> str:
 
 def cluster_state(cluster) -> dict:
     """Free CPUs, total CPUs and the placement groups not yet removed, asked of the cluster itself."""
-    code = ("import json, ray; from ray.util.state import list_placement_groups; ray.init(address='auto'); "
-            "pgs = [p.state for p in list_placement_groups(address=%r) if p.state != 'REMOVED']; "
+    code = ("import json, sys, ray; from ray.util.state import list_placement_groups; ray.init(address='auto'); "
+            "pgs = [p for p in list_placement_groups(address=%r, detail=True) if p.state != 'REMOVED']; "
+            "[print(p.placement_group_id, p.creator_job_id, p.state, p.bundles, file=sys.stderr) for p in pgs]; "
             "print(json.dumps({'free': ray.available_resources().get('CPU', 0), "
-            "'total': ray.cluster_resources().get('CPU', 0), 'groups': pgs}))") % cluster.dashboard
+            "'total': ray.cluster_resources().get('CPU', 0), 'groups': [p.state for p in pgs]}))") % cluster.dashboard
     result = cluster.run([sys.executable, "-c", code], timeout=120, env={**ENV, "RAY_ADDRESS": cluster.address})
     assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    state["details"] = result.stderr[-3000:]
+    return state
+
+
+def wait_until_freed(cluster, seconds: float = 30) -> dict:
+    """The cluster's state once no placement group is left and every CPU is free, or after `seconds` (Ray removes
+    a finished job's groups asynchronously)."""
+    deadline = time.time() + seconds
+    while True:
+        state = cluster_state(cluster)
+        if (state["groups"] == [] and state["free"] == pytest.approx(state["total"])) or time.time() > deadline:
+            return state
+        time.sleep(2)
+
+
+def attempt_spans(search_dir: Path) -> dict[tuple[str, int], tuple[float, float]]:
+    """(trial, pid) -> (start, last report) of every run of a trial, from Tune's result files: a run starts
+    time_since_restore before each of its reports (timestamps are whole seconds)."""
+    spans: dict[tuple[str, int], tuple[float, float]] = {}
+    for result in (search_dir / "tune").glob("*/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                start, end = r["timestamp"] - r["time_since_restore"], r["timestamp"]
+                old = spans.get((r["trial_id"], r["pid"]), (start, end))
+                spans[(r["trial_id"], r["pid"])] = (min(old[0], start), max(old[1], end))
+    return spans
+
+
+def most_at_once(spans: dict, slack: float = 2.0) -> int:
+    """The most trial runs alive at the start of one (counting an overlap only when longer than the slack)."""
+    return max(1 + sum(1 for other, (s, e) in spans.items() if other != key and s <= start < e - slack)
+               for key, (start, _) in spans.items())
 
 
 def reported_steps(search_dir: Path) -> dict[str, list[int]]:
@@ -98,7 +132,9 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     print(f"eval/swd by lr_g: {swd}")
     assert max(swd[1e-3], swd[5e-4]) < min(swd[5e-2], swd[1e-1]), "the wrecked trials are not the worse ones"
     assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
-    state = cluster_state(ray_cluster)
+    spans = attempt_spans(search_dir)
+    assert most_at_once(spans) <= 2, f"more than search.max_concurrent_trials=2 trials at once: {spans}"
+    state = wait_until_freed(ray_cluster)
     assert state["groups"] == [] and state["free"] == pytest.approx(state["total"]), state
 
     best = yaml.safe_load((search_dir / "best.yaml").read_text())

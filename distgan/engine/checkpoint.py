@@ -4,7 +4,8 @@ and crash-safe files. Launchers decide only WHERE payloads go (distgan/launch/);
 Full checkpoint (a dict saved with torch.save; docs/design.md has the table):
     format "distgan-checkpoint", version, step, config (the resolved config as a dict),
     state: G, D, G_ema, opt_g, opt_d, noise (the latent/alpha RNG), step, critic_steps, images_seen, rollbacks,
-    ranks: one dict per rank: data_state (the rank's stream position), torch_rng (dropout masks), cuda_rng.
+    ranks: one dict per rank: data_state (the rank's stream position), torch_rng (dropout masks), cuda_rng,
+    metrics: what was reported with it (optional: a run resumed at its last step reports them again).
 Generator export (small; what distgan.sample and distgan.evaluate load, as EDM's network snapshots):
     format "distgan-generator", version, step, model (the model config), G_ema (its state dict), metrics.
 Either file is accepted wherever a generator is needed.
@@ -37,10 +38,12 @@ BEST_FILE = "best.pt"
 
 
 # --- the payloads -------------------------------------------------------------------------------------------------
-def build_payload(state: TrainState, cfg: Config, ranks: list[dict[str, Any]]) -> dict[str, Any]:
-    """ranks: every rank's state_for_rank(), gathered (the caller does the collective)."""
+def build_payload(state: TrainState, cfg: Config, ranks: list[dict[str, Any]],
+                  metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """ranks: every rank's state_for_rank(), gathered (the caller does the collective); metrics: those reported with
+    this checkpoint."""
     return {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": state.step, "config": to_dict(cfg),
-            "state": state.state_dict(), "ranks": ranks}
+            "state": state.state_dict(), "ranks": ranks, "metrics": dict(metrics or {})}
 
 
 def check_payload(payload: Any) -> None:

@@ -77,6 +77,10 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                 log.warning("checkpoint has %d ranks, this run %d: data streams re-seeded from step %d",
                             len(payload["ranks"]), dist.world_size, state.step)
             say(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
+        if state.step >= t.steps:
+            # nothing left to train (a Tune trial restored after it had finished, its last report lost with the
+            # search's driver): a scheduler waits for the final metrics, so those of the checkpoint go out again
+            launcher.report(state.step, payload.get("metrics", {}))
 
     workers = loader_workers(cfg.data.num_workers, launcher.cpus)
     stream = ShardStream(
@@ -142,7 +146,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         dist.broadcast_buffers(state.G, state.G_ema)
         dist.check_identical({"G": state.G, "D": state.D, "G_ema": state.G_ema})
         ranks = dist.gather(state.rank_state())  # every rank's data position and dropout RNG
-        payload = build_payload(state, cfg, ranks)
+        payload = build_payload(state, cfg, ranks, metrics)
         store.save(state.step, payload, metrics)
         if best:
             store.save_best(state.step, payload)

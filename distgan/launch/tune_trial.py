@@ -108,12 +108,16 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str,
 
     thread = threading.Thread(target=run, name="trainer-fit", daemon=True)
     thread.start()
+    reported = 0
     while thread.is_alive() or not q.empty():
         try:
             metrics, path = q.get(timeout=1.0)
         except (Empty, queue_lib.Empty):
             continue
         report_with_pointer(metrics, path)
+        reported += 1
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
+    if not reported:  # Tune would end the whole search on a final result without the metric: end this trial only
+        raise RuntimeError(f"trial {trial}: its training run ended without reporting {search['metric']}")
