@@ -104,8 +104,8 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     sampled rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of
     improving SWD stops none, as happened once.) The records at the rung must survive the interruption: without
     distgan's ResumableASHA the first two trials' results at step 20, reported before the kill, are forgotten, and
-    the later two go on to the end (as happened in a CI run). Tune ignored the limit of 2 at a time once (every trial
-    started at once, as happened in another CI run): the trials' runs, read from Tune's result files, must keep it."""
+    the later two go on to the end (as happened in a CI run). Until distgan gave the limit of 2 to the search generator,
+    Tune ignored it and started every trial at once (another CI failure): Tune's result files must show 2 at most."""
     search = ["search.name=asha", "search.num_samples=1", "train.steps=40", "eval.every=20",
               "search.space.train.lr_g={grid: [1.0e-3, 5.0e-4, 5.0e-2, 1.0e-1]}", "search.asha.reduction_factor=2"]
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
