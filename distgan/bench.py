@@ -12,6 +12,10 @@ Times the real training step against a plain PyTorch WGAN-GP loop of the same mo
 - plain: the one-file loop, same device and precision switch;
 - loader: the data stream alone (images/s), against what training consumes;
 - eval: one evaluation (eval.metrics, eval.num_samples).
+Each timed mode also prints what the host did meanwhile (engine/host_counters.py): page faults per step, how long
+the process's threads waited for a CPU, and the CPU time of every other process (the largest by name).
+The plain loop runs in this process, so it gets speed.keep_host_memory's allocator setting too: local / plain
+compares the loops, not the allocator (benchmarks/compare_settings.py compares the allocator).
 Ratios printed: local / plain, ray1 / local, local_beside_ray / local, ray1 / local_beside_ray, loader /
 consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
 beside one.
@@ -39,6 +43,8 @@ from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.launch.ray_output import quiet_worker_logging
 from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
+from distgan.engine.host_counters import HostCounters
+from distgan.engine.host_memory import keep_freed_host_memory
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 from distgan.errors import UserError
@@ -93,11 +99,13 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    counters = HostCounters.now()
     start = time.perf_counter()
     for _ in range(steps):
         train_step(state, real, t, dist)
     sync(device)
     rate = steps / (time.perf_counter() - start)
+    host = HostCounters.now().per_step_since(counters, steps)
     timer = PhaseTimer(device)
     split_steps = max(1, steps // 2)
     for _ in range(split_steps):
@@ -107,7 +115,8 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     peak = peak_flops(device, state.speed.bf16, cfg.speed.tf32)
     out = {"steps_per_s": rate, "images_per_s": rate * images, "flops_per_step": flops,
            "tflops_per_s": flops * rate / 1e12, "mfu": flops * rate / peak if peak else None,
-           "split": {p: s / total for p, s in timer.seconds.items()}, "peak_memory_mb": peak_memory_mb(device)}
+           "split": {p: s / total for p, s in timer.seconds.items()}, "peak_memory_mb": peak_memory_mb(device),
+           "host": host}
     started, n = time.perf_counter(), 0
     while time.perf_counter() - started < 2.0 or n < 5:  # the loader alone
         real()
@@ -221,6 +230,16 @@ def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:
     return {"seconds": results["eval/seconds"], "num_samples": cfg.eval.num_samples, "metrics": cfg.eval.metrics}
 
 
+def host_line(host: dict[str, Any]) -> str:
+    parts = [f"{host['minor_faults_per_step']:.0f} page faults/step"]
+    if host["cpu_wait_ms_per_step"] is not None:
+        parts.append(f"this process's threads waited {host['cpu_wait_ms_per_step']:.1f} ms/step for a CPU")
+    if host["others_cpu_ms_per_step"] is not None:
+        top = ", ".join(f"{name.split(' ', 1)[1]} {ms:.1f}" for name, ms in list(host["top_others"].items())[:3])
+        parts.append(f"other processes used {host['others_cpu_ms_per_step']:.1f} ms CPU/step ({top})")
+    return "; ".join(parts)
+
+
 def report(results: dict[str, Any], cfg: Config) -> str:
     lines = [f"device: {results['device']}   config: {results['config_summary']}"]
     for mode in ("local", "local_beside_ray", "ray1", "rayN", "plain"):
@@ -234,6 +253,8 @@ def report(results: dict[str, Any], cfg: Config) -> str:
         lines.append(f"{mode:16s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:10.0f} real images/s{extra}")
         if "split" in r:
             lines.append(" " * 17 + "time split: " + ", ".join(f"{p} {100 * f:.0f}%" for p, f in r["split"].items()))
+        if r.get("host"):
+            lines.append(" " * 17 + "host: " + host_line(r["host"]))
     for name, (a, b) in {"local / plain": ("local", "plain"), "ray1 / local": ("ray1", "local"),
                          "rayN / local": ("rayN", "local"), "local_beside_ray / local": ("local_beside_ray", "local"),
                          "ray1 / local_beside_ray": ("ray1", "local_beside_ray")}.items():
@@ -271,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     resolve_shards(cfg)
+    if cfg.speed.keep_host_memory:  # now, not at the first distgan mode: the plain loop gets the same allocator
+        keep_freed_host_memory()
     device = pick_device(cfg)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     m, t = cfg.model, cfg.train

@@ -27,7 +27,10 @@ def test_bench_smoke(tmp_path, demo_cache):
     assert set(local["split"]) == {"data", "critic", "allreduce", "generator"}
     assert abs(sum(local["split"].values()) - 1) < 1e-6
     assert data["eval"]["num_samples"] == 64
-    assert "local / plain:" in result.stdout and "loader alone" in result.stdout
+    host = local["host"]  # the host counters over the timed steps (Linux /proc)
+    assert host["minor_faults_per_step"] >= 0 and host["cpu_wait_ms_per_step"] >= 0
+    assert host["others_cpu_ms_per_step"] >= 0 and isinstance(host["top_others"], dict)
+    assert "local / plain:" in result.stdout and "loader alone" in result.stdout and "page faults/step" in result.stdout
 
 
 def test_loader_workers_follow_the_cores():
@@ -52,4 +55,5 @@ def test_bench_ray_modes_on_a_two_node_cluster(ray_cluster, tmp_path, demo_cache
     assert ray1["cpus_per_worker"] == 2 and ray1["threads"] >= 1  # the test cluster runs with OMP_NUM_THREADS=1
     for mode in (ray1, beside):
         assert mode["steps_per_s"] > 0 and set(mode["split"]) == {"data", "critic", "allreduce", "generator"}
+        assert mode["host"]["minor_faults_per_step"] >= 0 and mode["host"]["cpu_wait_ms_per_step"] >= 0
     assert "ray1 / local_beside_ray:" in result.stdout

@@ -15,6 +15,8 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 - compile: torch.compile of the generator and of the critic's first-order uses (real/fake scores, the generator
   step). The penalty's double backward goes through the eager critic: compiled graphs do not support it. The
   compiled modules share their parameters with the eager ones.
+- keep_host_memory: glibc's malloc keeps the step's freed buffers for the next step instead of returning them to
+  the kernel and page-faulting them in again (engine/host_memory.py); process-wide, and it cannot be undone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import contextlib
 
 import torch
 from torch import nn
+
+from distgan.engine.host_memory import keep_freed_host_memory
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -44,6 +48,7 @@ class Speed:
         self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
         self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
         self.compile = bool(cfg and cfg.compile)
+        self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
