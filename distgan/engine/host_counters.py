@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -54,7 +54,7 @@ def _other_processes_cpu_s() -> dict[int, tuple[str, float]] | None:
 class HostCounters:
     faults: int = 0
     wait_s: float | None = None
-    others: dict[int, tuple[str, float]] | None = field(default=None)
+    others: dict[int, tuple[str, float]] | None = None
 
     @staticmethod
     def now() -> "HostCounters":
