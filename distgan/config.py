@@ -80,6 +80,8 @@ class SpeedConfig:
     tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
     fused_critic_forward: bool = True  # D(real) and D(fake) in one forward
     compile: bool = False  # torch.compile of the generator and the critic's first-order uses
+    # the critic's first convolution as unfold + matmul: the penalty's double backward without cuDNN's batch-3 conv
+    gemm_first_conv: bool = False
     # glibc: keep freed host memory for the next step instead of unmapping it (no page faults per step)
     keep_host_memory: bool = True
 

@@ -15,6 +15,8 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 - compile: torch.compile of the generator and of the critic's first-order uses (real/fake scores, the generator
   step). The penalty's double backward goes through the eager critic: compiled graphs do not support it. The
   compiled modules share their parameters with the eager ones.
+- gemm_first_conv: the critic's first convolution as unfold + one matrix product (engine/gemm_conv.py), the same
+  math; it replaces the convolution of batch 3 (the input channels) that the penalty's double backward runs.
 - keep_host_memory: glibc's malloc keeps the step's freed buffers for the next step instead of returning them to
   the kernel and page-faulting them in again (engine/host_memory.py); process-wide, and it cannot be undone.
 """
@@ -26,6 +28,7 @@ import contextlib
 import torch
 from torch import nn
 
+from distgan.engine.gemm_conv import use_gemm_first_conv
 from distgan.engine.host_memory import keep_freed_host_memory
 
 
@@ -48,6 +51,7 @@ class Speed:
         self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
         self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
         self.compile = bool(cfg and cfg.compile)
+        self.gemm_first_conv = bool(cfg and cfg.gemm_first_conv)
         self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -64,6 +68,9 @@ class Speed:
 
     def prepare(self, module: nn.Module) -> nn.Module:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def prepare_critic(self, critic: nn.Module) -> nn.Module:
+        return use_gemm_first_conv(self.prepare(critic)) if self.gemm_first_conv else self.prepare(critic)
 
     def adam(self, params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True) if self.fused_adam else \

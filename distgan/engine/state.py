@@ -42,7 +42,7 @@ class TrainState:
         if cfg.model.sync_bn:
             convert_sync_batchnorm(G)
         speed = Speed(cfg.speed, device)
-        G, D = speed.prepare(G.to(device)), speed.prepare(D.to(device))
+        G, D = speed.prepare(G.to(device)), speed.prepare_critic(D.to(device))
         dist.broadcast_module(G)
         dist.broadcast_module(D)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
