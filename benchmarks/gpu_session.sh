@@ -4,10 +4,11 @@
 # critic convolution; where the step's GPU time goes; the CUDA checks of the fast path; Ray mode with 1 worker (if
 # ray imports); bf16 + torch.compile; the evaluation cost (if the Inception weights are there). The most wanted
 # numbers come first, so a run cut short still has them. Results (logs and JSON) go to $OUT (default gpu-out/).
-# Run from the repository root on a CUDA machine (about 8 minutes):
+# Run from the repository root on a CUDA machine (5.5 minutes on an H100, 2026-11-28):
 #   bash benchmarks/gpu_session.sh
-# Python packages the machine lacks can come in .gpu/: wheels, and unpacked site-packages trees as *.tar.xz (the
-# ray wheel, 79 MB, is too large to carry as it is); both go to /tmp/site, nothing else is touched.
+# Python packages the machine lacks can come in .gpu/ (benchmarks/pack_gpu_packages.sh builds it): wheels, and
+# unpacked site-packages trees as *.tar.xz (the ray wheel, 79 MB, is too large to carry as it is); both go to
+# /tmp/site, nothing else is touched.
 # To try the script on a CPU: CARRIED=none STEPS=2 EXTRA="train.device=cpu ray.use_gpu=false ..."
 # CHECKS_ARGS="--device cpu ..." with the project's python3 first on PATH.
 set -uo pipefail

@@ -80,8 +80,9 @@ class SpeedConfig:
     tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
     fused_critic_forward: bool = True  # D(real) and D(fake) in one forward
     compile: bool = False  # torch.compile of the generator and the critic's first-order uses
-    # the critic's first convolution as unfold + matmul: the penalty's double backward without cuDNN's batch-3 conv
-    gemm_first_conv: bool = False
+    # the critic's first convolution as one matrix product: the penalty's double backward without cuDNN's batch-3
+    # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100), off elsewhere (0.92x on a 2-core CPU)
+    gemm_first_conv: str = "auto"  # auto | true | false
     # glibc: keep freed host memory for the next step instead of unmapping it (no page faults per step)
     keep_host_memory: bool = True
 
@@ -210,6 +211,8 @@ def validate(cfg: Config) -> None:
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
     need(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
          f"must be auto, fp32 or bf16, got {cfg.speed.precision!r}")
+    need(str(cfg.speed.gemm_first_conv).lower() in ("auto", "true", "false"), "speed.gemm_first_conv",
+         f"must be auto, true or false, got {cfg.speed.gemm_first_conv!r}")
     need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")
     known = ("fid", "kid", "swd")
     need(bool(ev.metrics) and all(k in known for k in ev.metrics), "eval.metrics",

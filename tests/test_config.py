@@ -45,6 +45,7 @@ BAD = [
     (["ray.placement_strategy=ANYWHERE"], "ray.placement_strategy"),
     (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
     (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
+    (["speed.gemm_first_conv=maybe"], "speed.gemm_first_conv"),
 ]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distgan.engine.distributed import Dist
+from distgan.engine.speed import resolve_switch
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 
@@ -66,7 +67,7 @@ def test_gemm_first_conv_is_the_same_convolution():
     from distgan.engine.gemm_conv import GemmConv2d
 
     g = torch.Generator().manual_seed(3)
-    for args, size in (((3, 8, 4, 2, 1), 16), ((2, 5, 3, 1, 2), 9)):
+    for args, size in (((3, 8, 4, 2, 1), 16), ((2, 5, 3, 1, 2), 9), ((3, 4, (3, 2), (2, 1), (0, 1)), 11)):
         conv = torch.nn.Conv2d(*args).double()
         gemm = GemmConv2d(*args).double()
         gemm.load_state_dict(conv.state_dict())
@@ -81,6 +82,17 @@ def test_gemm_first_conv_is_the_same_convolution():
             results.append([out.detach(), grad_x.detach(), layer.weight.grad.clone(), layer.bias.grad.clone()])
         for a, b in zip(*results):
             assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-12), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("value,cpu,cuda", [("auto", False, True), ("true", True, True), ("false", False, False)])
+def test_gemm_first_conv_switch(tiny_config, value, cpu, cuda):
+    """auto: on CUDA only (faster there, slower on a CPU: docs/benchmarks.md); true and false, as given (YAML's
+    booleans reach the str field as 'True' and 'False')."""
+    from distgan.engine.speed import Speed
+
+    speed = tiny_config(f"speed.gemm_first_conv={value}").speed
+    assert Speed(speed, torch.device("cpu")).gemm_first_conv is cpu
+    assert resolve_switch(speed.gemm_first_conv, cuda=True) is cuda
 
 
 def test_gemm_first_conv_training_steps_match(tiny_config):

@@ -17,28 +17,29 @@ from torch import nn
 
 
 class GemmConv2d(nn.Conv2d):
-    """nn.Conv2d (groups=1, zero padding) computed as unfold + matmul; the output is channels_last in memory."""
+    """nn.Conv2d (groups=1, zero padding, no dilation) computed as windows + matmul; the output is channels_last in memory."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):  # what conv2d would do under autocast: cast, then compute
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        out_h = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        out_w = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*kh*kw, L)
-        # (N, L, C*kh*kw) @ (C*kh*kw, out): rows are output pixels, so the result is NHWC, which the next
-        # convolution reads as channels_last without a copy
-        y = cols.transpose(1, 2) @ self.weight.flatten(1).t()
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        # the windows as a view of the padded NHWC input, (N, out_h, out_w, C, kh, kw): one gather copy in the
+        # reshape below, and one unfold_backward kernel in the backward (F.unfold's CUDA im2col launches a kernel
+        # per sample: on an H100 that made the step 1.4x slower than cuDNN)
+        windows = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).unfold(1, kh, sh).unfold(2, kw, sw)
+        n, out_h, out_w = windows.shape[:3]
+        # rows are output pixels and columns (C, kh, kw), the order of weight.flatten(1): the result is NHWC, which
+        # the next convolution reads as channels_last without a copy
+        y = windows.reshape(n, out_h, out_w, -1) @ self.weight.flatten(1).t()
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)  # as conv2d under autocast: a bf16 output, not promoted
-        return y.view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+        return y.permute(0, 3, 1, 2)
 
 
 def use_gemm_first_conv(critic: nn.Module) -> nn.Module:
     """Switches the critic's first nn.Conv2d to GemmConv2d in place (same parameters, same state_dict)."""
     first = next(m for m in critic.modules() if isinstance(m, nn.Conv2d))
-    if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str):
+    if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str) or first.dilation != (1, 1):
         raise ValueError(f"gemm_first_conv needs a plain convolution, got {first}")
     # a class swap, not a new module: the parameters stay the very tensors the optimizer and DDP were given
     first.__class__ = GemmConv2d

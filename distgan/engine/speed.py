@@ -15,8 +15,9 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 - compile: torch.compile of the generator and of the critic's first-order uses (real/fake scores, the generator
   step). The penalty's double backward goes through the eager critic: compiled graphs do not support it. The
   compiled modules share their parameters with the eager ones.
-- gemm_first_conv: the critic's first convolution as unfold + one matrix product (engine/gemm_conv.py), the same
-  math; it replaces the convolution of batch 3 (the input channels) that the penalty's double backward runs.
+- gemm_first_conv: the critic's first convolution as one matrix product over its input windows
+  (engine/gemm_conv.py), the same math; it replaces the convolution of batch 3 (the input channels) that the
+  penalty's double backward runs. auto = on CUDA, where it is faster; on a CPU it was slower.
 - keep_host_memory: glibc's malloc keeps the step's freed buffers for the next step instead of returning them to
   the kernel and page-faulting them in again (engine/host_memory.py); process-wide, and it cannot be undone.
 """
@@ -38,6 +39,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def resolve_switch(value, cuda: bool) -> bool:
+    """auto | true | false (a str field: OmegaConf turns a true given for it into 'True'); auto = on CUDA only."""
+    value = str(value).lower()
+    return cuda if value == "auto" else value == "true"
+
+
 class Speed:
     """The speed settings resolved for one device; the defaults change nothing."""
 
@@ -51,7 +58,7 @@ class Speed:
         self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
         self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
         self.compile = bool(cfg and cfg.compile)
-        self.gemm_first_conv = bool(cfg and cfg.gemm_first_conv)
+        self.gemm_first_conv = bool(cfg and resolve_switch(cfg.gemm_first_conv, cuda))
         self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
