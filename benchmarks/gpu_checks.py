@@ -67,13 +67,15 @@ def main() -> None:
     a = p.parse_args()
     global DEVICE
     DEVICE = a.device
-    exact = ["speed.precision=fp32", "speed.tf32=false", "speed.channels_last=false", "speed.fused_adam=false"]
+    # the reference: plain fp32 and cuDNN's first convolution (gemm_first_conv's auto would switch it on on CUDA)
+    plain_fp32 = ["speed.precision=fp32", "speed.tf32=false", "speed.channels_last=false", "speed.fused_adam=false"]
+    exact = [*plain_fp32, "speed.gemm_first_conv=false"]
     keys = ("loss/critic", "loss/gradient_penalty", "loss/generator")
     fp32, fp32_grads = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false")
-    bf16, _ = run(a.batch, a.steps, "speed.precision=bf16")
+    bf16, _ = run(a.batch, a.steps, "speed.precision=bf16", "speed.gemm_first_conv=false")
     _, fused_grads = run(a.batch, 1, *exact, "speed.fused_critic_forward=true")
     compiled, _ = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false", "speed.compile=true")
-    _, gemm_grads = run(a.batch, 1, *exact, "speed.fused_critic_forward=false", "speed.gemm_first_conv=true")
+    _, gemm_grads = run(a.batch, 1, *plain_fp32, "speed.fused_critic_forward=false", "speed.gemm_first_conv=true")
     bf16_gemm, _ = run(a.batch, a.steps, "speed.precision=bf16", "speed.gemm_first_conv=true")
     def grad_diff(grads):
         return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item() for x, y in zip(grads[0], fp32_grads[0]))

@@ -26,15 +26,17 @@ echo "downloading wheels for Python 3.12 ..."
 "$PY" -m pip download -q --no-deps "${platform[@]}" -d "$work/wheels" omegaconf==2.4.0 webdataset==1.0.2 \
     braceexpand==0.1.7 torch-fidelity==0.4.0
 mkdir -p "$DEST"
+rm -f "$DEST"/*.whl "$DEST"/*.tar.xz  # one version of each: two would stop the install there
 for name in "${missing[@]}"; do
     # a wheel's name is NAME-VERSION-...: match the name exactly (pydantic, not pydantic_core)
     found=$(find "$work/wheels" -maxdepth 1 -iname "${name}-[0-9]*.whl")
     [ -n "$found" ] || { echo "no wheel for $name" >&2; exit 1; }
-    cp $found "$DEST/"
+    find "$work/wheels" -maxdepth 1 -iname "${name}-[0-9]*.whl" -exec cp {} "$DEST/" \;
 done
 echo "repacking ray ..."
 mkdir "$work/ray"
-unzip -q "$work"/wheels/ray-*.whl -d "$work/ray"  # unzip keeps the executables' mode (gcs_server, raylet)
+ray_wheel=$(find "$work/wheels" -maxdepth 1 -name "ray-2.60.0-*.whl")
+unzip -q "$ray_wheel" -d "$work/ray"  # unzip keeps the executables' mode (gcs_server, raylet)
 rm -rf "$work/ray/ray/rllib" "$work/ray/ray/llm" "$work/ray/ray/jars"  # RLlib, LLM serving, Java: unused
 find "$work/ray" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
 tar -C "$work/ray" -cf - . | xz -T0 -9 > "$DEST/ray-2.60.0-cp312-site.tar.xz"

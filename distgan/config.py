@@ -81,7 +81,7 @@ class SpeedConfig:
     fused_critic_forward: bool = True  # D(real) and D(fake) in one forward
     compile: bool = False  # torch.compile of the generator and the critic's first-order uses
     # the critic's first convolution as one matrix product: the penalty's double backward without cuDNN's batch-3
-    # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100), off elsewhere (0.92x on a 2-core CPU)
+    # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100) unless compile, off elsewhere (0.92x on a CPU)
     gemm_first_conv: str = "auto"  # auto | true | false
     # glibc: keep freed host memory for the next step instead of unmapping it (no page faults per step)
     keep_host_memory: bool = True

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from distgan.engine.distributed import Dist
-from distgan.engine.speed import resolve_switch
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 
@@ -52,9 +51,10 @@ def test_fused_critic_forward_gives_the_same_gradients(tiny_config):
     assert len(fused) == len(separate) == 4 and worst < 1e-6
 
 
-def test_bf16_losses_follow_fp32(tiny_config):
+@pytest.mark.parametrize("gemm", ["false", "true"])
+def test_bf16_losses_follow_fp32(tiny_config, gemm):
     _, fp32 = run(tiny_config, 3, "speed.precision=fp32")
-    _, bf16 = run(tiny_config, 3, "speed.precision=bf16")
+    _, bf16 = run(tiny_config, 3, "speed.precision=bf16", f"speed.gemm_first_conv={gemm}")
     for name in ("loss/critic", "loss/gradient_penalty", "loss/generator", "grad_norm/critic"):
         for a, b in zip(bf16, fp32):
             assert a[name] == pytest.approx(b[name], rel=BF16_TOLERANCE, abs=1e-3), (name, a[name], b[name])
@@ -84,28 +84,61 @@ def test_gemm_first_conv_is_the_same_convolution():
             assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-12), (a - b).abs().max()
 
 
-@pytest.mark.parametrize("value,cpu,cuda", [("auto", False, True), ("true", True, True), ("false", False, False)])
-def test_gemm_first_conv_switch(tiny_config, value, cpu, cuda):
-    """auto: on CUDA only (faster there, slower on a CPU: docs/benchmarks.md); true and false, as given (YAML's
-    booleans reach the str field as 'True' and 'False')."""
+@pytest.fixture
+def cuda_backend_flags():
+    """Speed(..., cuda) sets torch.backends flags (TF32, cuDNN benchmark): put them back for the other tests."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+@pytest.mark.parametrize("value,cpu,cuda,cuda_compiled", [("auto", False, True, False), ("true", True, True, True),
+                                                          ("false", False, False, False)])
+def test_gemm_first_conv_switch(tiny_config, cuda_backend_flags, value, cpu, cuda, cuda_compiled):
+    """auto: on CUDA, not under compile (never measured together), off on CPUs (slower there: docs/benchmarks.md);
+    true and false as given (YAML's booleans reach the str field as 'True' and 'False'). Speed only reads the
+    device's type, so a CUDA device needs no GPU here."""
     from distgan.engine.speed import Speed
 
     speed = tiny_config(f"speed.gemm_first_conv={value}").speed
+    compiled = tiny_config(f"speed.gemm_first_conv={value}", "speed.compile=true").speed
     assert Speed(speed, torch.device("cpu")).gemm_first_conv is cpu
-    assert resolve_switch(speed.gemm_first_conv, cuda=True) is cuda
+    assert Speed(speed, torch.device("cuda")).gemm_first_conv is cuda
+    assert Speed(compiled, torch.device("cuda")).gemm_first_conv is cuda_compiled
+
+
+def test_gemm_first_conv_under_autocast_matches_conv2d():
+    """Under bf16 autocast: a bf16 output like conv2d's, within bf16 rounding of it; float64 is left alone."""
+    from distgan.engine.gemm_conv import GemmConv2d
+
+    conv, gemm = torch.nn.Conv2d(3, 8, 4, 2, 1), GemmConv2d(3, 8, 4, 2, 1)
+    gemm.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = gemm(x), conv(x)
+        assert gemm.double()(x.double()).dtype == conv.double()(x.double()).dtype == torch.float64
+    assert a.dtype == b.dtype == torch.bfloat16
+    assert (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max()
 
 
 def test_gemm_first_conv_training_steps_match(tiny_config):
-    """Two full train steps with and without speed.gemm_first_conv, in float64: the same critic gradients, and the
-    state_dict of the critic keeps nn.Conv2d's keys (checkpoints move between the two)."""
+    """Two full train steps with and without speed.gemm_first_conv, in float64: the same critic gradients; and
+    a checkpoint of either form loads into the other and gives the same scores."""
     gemm, _ = run(tiny_config, 2, "speed.gemm_first_conv=true", dtype=torch.float64)
     conv, _ = run(tiny_config, 2, "speed.gemm_first_conv=false", dtype=torch.float64)
     worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
                 for ga, gb in zip(gemm, conv) for a, b in zip(ga, gb))
     print(f"gemm vs cuDNN-style first conv: max relative gradient difference {worst:.1e}")
     assert len(gemm) == len(conv) == 4 and worst < 1e-9
-    state = TrainState.create(tiny_config("speed.gemm_first_conv=true"), torch.device("cpu"), Dist())
     from distgan.engine.gemm_conv import GemmConv2d
-    assert isinstance(state.D.net[0], GemmConv2d)
-    plain = TrainState.create(tiny_config(), torch.device("cpu"), Dist())
-    assert state.D.state_dict().keys() == plain.D.state_dict().keys()
+
+    cfg = tiny_config("model.critic_dropout=0")
+    gemm_state = TrainState.create(tiny_config("speed.gemm_first_conv=true", "model.critic_dropout=0"),
+                                   torch.device("cpu"), Dist())
+    plain = TrainState.create(cfg, torch.device("cpu"), Dist())
+    assert isinstance(gemm_state.D.net[0], GemmConv2d) and not isinstance(plain.D.net[0], GemmConv2d)
+    # a checkpoint of either form loads into the other and scores the same
+    torch.nn.init.normal_(plain.D.net[0].weight)
+    gemm_state.D.load_state_dict(plain.D.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.allclose(gemm_state.D(x), plain.D(x), rtol=1e-5, atol=1e-5)

@@ -1,10 +1,10 @@
-"""The critic's first convolution as im2col + one matrix product (speed.gemm_first_conv).
+"""The critic's first convolution as one matrix product over its input windows (speed.gemm_first_conv).
 
 Why: the gradient penalty differentiates the critic's input gradient, and PyTorch computes the weight-gradient
 term of that double backward through the first convolution as a convolution whose batch is the layer's input
 channels (3 for RGB). cuDNN has no fast kernel for a batch of 3: on an H200 it took 34% of a bf16 step
-(docs/benchmarks.md). Written as unfold + matmul, every term of the forward, backward and double backward is a
-large matrix product (cuBLAS) or an unfold/fold (a memory-bound copy), with exactly the same math.
+(docs/benchmarks.md). Written as a gather of the input windows + matmul, every term of the forward, backward and
+double backward is a large matrix product (cuBLAS) or a memory-bound gather/scatter, with exactly the same math.
 
 The module keeps nn.Conv2d's parameters and state_dict keys, so checkpoints move freely between the two forms.
 """
@@ -20,7 +20,7 @@ class GemmConv2d(nn.Conv2d):
     """nn.Conv2d (groups=1, zero padding, no dilation) computed as windows + matmul; the output is channels_last in memory."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):  # what conv2d would do under autocast: cast, then compute
+        if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:  # as conv2d under autocast
             x = x.to(torch.get_autocast_dtype(x.device.type))
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         # the windows as a view of the padded NHWC input, (N, out_h, out_w, C, kh, kw): one gather copy in the
@@ -39,6 +39,8 @@ class GemmConv2d(nn.Conv2d):
 def use_gemm_first_conv(critic: nn.Module) -> nn.Module:
     """Switches the critic's first nn.Conv2d to GemmConv2d in place (same parameters, same state_dict)."""
     first = next(m for m in critic.modules() if isinstance(m, nn.Conv2d))
+    if type(first) is not nn.Conv2d:  # a subclass (a parametrized or spectral-norm conv) has its own forward
+        raise ValueError(f"gemm_first_conv needs a plain nn.Conv2d, got {type(first).__name__}")
     if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str) or first.dilation != (1, 1):
         raise ValueError(f"gemm_first_conv needs a plain convolution, got {first}")
     # a class swap, not a new module: the parameters stay the very tensors the optimizer and DDP were given

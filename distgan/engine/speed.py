@@ -17,7 +17,7 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
   compiled modules share their parameters with the eager ones.
 - gemm_first_conv: the critic's first convolution as one matrix product over its input windows
   (engine/gemm_conv.py), the same math; it replaces the convolution of batch 3 (the input channels) that the
-  penalty's double backward runs. auto = on CUDA, where it is faster; on a CPU it was slower.
+  penalty's double backward runs. auto = on CUDA without compile, where it is faster; on a CPU it was slower.
 - keep_host_memory: glibc's malloc keeps the step's freed buffers for the next step instead of returning them to
   the kernel and page-faulting them in again (engine/host_memory.py); process-wide, and it cannot be undone.
 """
@@ -39,10 +39,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def resolve_switch(value, cuda: bool) -> bool:
-    """auto | true | false (a str field: OmegaConf turns a true given for it into 'True'); auto = on CUDA only."""
+def resolve_switch(value, auto: bool) -> bool:
+    """auto | true | false (a str field: OmegaConf turns a true given for it into 'True'); auto = the given default."""
     value = str(value).lower()
-    return cuda if value == "auto" else value == "true"
+    return auto if value == "auto" else value == "true"
 
 
 class Speed:
@@ -58,7 +58,9 @@ class Speed:
         self.fused_adam = bool(cfg and cfg.fused_adam and cuda)
         self.fused_critic_forward = bool(cfg and cfg.fused_critic_forward)
         self.compile = bool(cfg and cfg.compile)
-        self.gemm_first_conv = bool(cfg and resolve_switch(cfg.gemm_first_conv, cuda))
+        # auto: on CUDA, where it was measured faster; not under compile, with which it was never measured (its
+        # output is channels_last, the layout that crashed inductor's convolution backward)
+        self.gemm_first_conv = bool(cfg and resolve_switch(cfg.gemm_first_conv, cuda and not cfg.compile))
         self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
