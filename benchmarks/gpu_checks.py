@@ -78,7 +78,8 @@ def main() -> None:
     _, gemm_grads = run(a.batch, 1, *plain_fp32, "speed.fused_critic_forward=false", "speed.gemm_first_conv=true")
     bf16_gemm, _ = run(a.batch, a.steps, "speed.precision=bf16", "speed.gemm_first_conv=true")
     def grad_diff(grads):
-        return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item() for x, y in zip(grads[0], fp32_grads[0]))
+        return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
+                   for x, y in zip(grads[0], fp32_grads[0]))
 
     checks = [
         ("bf16 vs fp32 losses, first steps (relative)", worst_relative(bf16, fp32, keys), 0.05),

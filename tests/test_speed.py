@@ -146,3 +146,15 @@ def test_gemm_first_conv_training_steps_match(tiny_config):
     gemm_state.D.load_state_dict(plain.D.state_dict())
     x = torch.randn(4, 3, 16, 16)
     assert torch.allclose(gemm_state.D(x), plain.D(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(3, 4, 3, dilation=2), torch.nn.Conv2d(4, 4, 3, groups=2),
+                                  torch.nn.Conv2d(3, 4, 3, padding="same"),
+                                  torch.nn.Conv2d(3, 4, 3, padding_mode="reflect"),
+                                  torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(3, 4, 3))],
+                         ids=["dilation", "groups", "same", "reflect", "parametrized"])
+def test_gemm_first_conv_refuses_what_it_does_not_compute(conv):
+    from distgan.engine.gemm_conv import use_gemm_first_conv
+
+    with pytest.raises(ValueError, match="gemm_first_conv needs a plain"):
+        use_gemm_first_conv(torch.nn.Sequential(conv))

@@ -17,7 +17,8 @@ from torch import nn
 
 
 class GemmConv2d(nn.Conv2d):
-    """nn.Conv2d (groups=1, zero padding, no dilation) computed as windows + matmul; the output is channels_last in memory."""
+    """nn.Conv2d (groups=1, zero padding, no dilation) computed as windows + matmul; the output is channels_last in
+    memory."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:  # as conv2d under autocast
@@ -41,7 +42,8 @@ def use_gemm_first_conv(critic: nn.Module) -> nn.Module:
     first = next(m for m in critic.modules() if isinstance(m, nn.Conv2d))
     if type(first) is not nn.Conv2d:  # a subclass (a parametrized or spectral-norm conv) has its own forward
         raise ValueError(f"gemm_first_conv needs a plain nn.Conv2d, got {type(first).__name__}")
-    if first.groups != 1 or first.padding_mode != "zeros" or isinstance(first.padding, str) or first.dilation != (1, 1):
+    plain = first.groups == 1 and first.padding_mode == "zeros" and first.dilation == (1, 1)
+    if not plain or isinstance(first.padding, str):
         raise ValueError(f"gemm_first_conv needs a plain convolution, got {first}")
     # a class swap, not a new module: the parameters stay the very tensors the optimizer and DDP were given
     first.__class__ = GemmConv2d
