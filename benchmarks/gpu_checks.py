@@ -6,7 +6,7 @@ on the GPU kernels that the speed switches select (docs/benchmarks.md).
 1. bf16 (autocast, channels_last, fused Adam) against fp32 (TF32 off): the losses of the first steps, relative.
 2. The fused critic forward against separate forwards (fp32, TF32 off): the first critic update's gradients.
 3. torch.compile of the generator and the critic's first-order uses against eager: the same losses (fp32).
-4. The critic's first convolution as unfold + matmul (speed.gemm_first_conv) against cuDNN: the first critic
+4. The critic's first convolution as windows + matmul (speed.gemm_first_conv) against cuDNN: the first critic
    update's gradients (fp32), and the losses under bf16.
 Prints each difference with its tolerance and PASS/FAIL; exits 1 on a failure.
 """
@@ -77,6 +77,7 @@ def main() -> None:
     compiled, _ = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false", "speed.compile=true")
     _, gemm_grads = run(a.batch, 1, *plain_fp32, "speed.fused_critic_forward=false", "speed.gemm_first_conv=true")
     bf16_gemm, _ = run(a.batch, a.steps, "speed.precision=bf16", "speed.gemm_first_conv=true")
+
     def grad_diff(grads):
         return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
                    for x, y in zip(grads[0], fp32_grads[0]))
