@@ -2,7 +2,8 @@
 # One GPU session, one command (docs/benchmarks.md): the training speed of the seed config (64 px, width 64,
 # batch 512, n_critic 3) in local mode against the plain loop, in bf16 and fp32 with the defaults, and each
 # without the GEMM first critic convolution (speed.gemm_first_conv, on by default on CUDA); where the step's GPU
-# time goes; the CUDA checks of the fast path; Ray mode with 1 worker (if ray imports); bf16 + torch.compile; the
+# time goes; the CUDA checks of the fast path; whether a CUDA graph of the critic update pays off
+# (cuda_graph_probe.py); Ray mode with 1 worker (if ray imports); bf16 + torch.compile; the
 # evaluation cost (if the Inception weights are there). The most wanted numbers come first, so a run cut short
 # still has them. Results (logs and JSON) go to $OUT/gpu-session.tar.gz (default OUT: gpu-out/), updated after every
 # step: a device call brings back at most 8 files, and a run cut short keeps what it finished.
@@ -56,6 +57,10 @@ head -c 2500 "$RESULTS/profile-bf16.txt" | cut -c 1-150
 echo "=== checks ($(date -u +%T))"
 timeout 150 python3 benchmarks/gpu_checks.py --json "$RESULTS/checks.json" ${CHECKS_ARGS:-} 2>&1 \
     | grep -v "^\s*$" | tail -8 | tee "$RESULTS/checks.log"
+snapshot
+echo "=== cuda graph probe ($(date -u +%T))"
+timeout 120 python3 benchmarks/cuda_graph_probe.py --config configs/celeba64.yaml speed.precision=bf16 \
+    ${extra[@]+"${extra[@]}"} --json "$RESULTS/cuda-graph.json" 2>&1 | tail -6 | tee "$RESULTS/cuda-graph.log"
 snapshot
 if python3 -c "import ray" 2>"$RESULTS/ray-import.log"; then
     run ray1-bf16 150 speed.precision=bf16 --modes ray1

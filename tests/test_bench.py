@@ -2,6 +2,7 @@
 asserted: timings belong to benchmarks, not tests)."""
 
 import json
+import subprocess
 import sys
 
 from conftest import ROOT, run_module
@@ -31,6 +32,22 @@ def test_bench_smoke(tmp_path, demo_cache):
     assert host["minor_faults_per_step"] >= 0 and host["cpu_wait_ms_per_step"] >= 0
     assert host["others_cpu_ms_per_step"] >= 0 and isinstance(host["top_others"], dict)
     assert "local / plain:" in result.stdout and "loader alone" in result.stdout and "page faults/step" in result.stdout
+
+
+def test_cuda_graph_probe_runs_its_eager_half_on_a_cpu(tmp_path):
+    """benchmarks/cuda_graph_probe.py is for a GPU session (benchmarks/gpu_session.sh), where a broken script costs
+    scarce device time: its eager half, distgan's critic update on static buffers, runs here."""
+    out = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, "benchmarks/cuda_graph_probe.py", "--config", "configs/demo.yaml",
+                             "train.device=cpu", "model.width=8", "model.z_dim=16", "model.image_size=16",
+                             "train.batch_size=8", "--updates", "3", "--json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["eager_ms_per_update"] > 0 and "graph_ms_per_update" not in data
+    loss, penalty, wasserstein, norm = data["eager_first"][0]
+    assert abs(loss - (-wasserstein + 10.0 * penalty)) < 1e-4 and penalty > 0 and norm > 0  # demo: gp_weight 10
+    assert "eager only" in result.stdout
 
 
 def test_loader_workers_follow_the_cores():

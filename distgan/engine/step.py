@@ -20,12 +20,36 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
+def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, gp_weight: float,
+                    weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One critic update up to its gradients: fakes from latents z, the penalty at alphas alpha, the critic's
+    gradients of weight x its loss (this rank's share of the global mean; the all-reduce then sums the shares).
+    Returns (critic loss, gradient penalty, Wasserstein estimate), undetached. No host sync, no data-dependent
+    Python: benchmarks/cuda_graph_probe.py captures it in a CUDA graph."""
+    G, D, speed = state.G, state.D, state.speed
+    # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
+    G_fwd = state.G_compiled if state.G_compiled is not None else G
+    D_fwd = state.D_compiled if state.D_compiled is not None else D
+    with torch.no_grad(), speed.autocast():
+        fake = speed.layout(full(G_fwd(z)))
+    with speed.autocast():
+        if speed.fused_critic_forward:  # no batch statistics in the critic: one forward, same scores
+            real_scores, fake_scores = full(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
+        else:
+            real_scores, fake_scores = full(D_fwd(real)), full(D_fwd(fake))
+        gp = gradient_penalty(D, real, fake, alpha=alpha)  # norm in fp32
+    loss_d = critic_loss(real_scores, fake_scores) + gp_weight * gp
+    state.opt_d.zero_grad(set_to_none=True)
+    # ONE backward through loss and penalty (the penalty's input gradient was create_graph)
+    (loss_d * weight).backward()
+    return loss_d, gp, real_scores.mean() - fake_scores.mean()
+
+
 def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist,
                timer=no_timer) -> dict[str, torch.Tensor]:
     """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs).
     timer(phase) is a context manager around each phase (data, critic, allreduce, generator): distgan.bench's."""
     G, D, speed = state.G, state.D, state.speed
-    # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
     G_fwd = state.G_compiled if state.G_compiled is not None else G
     D_fwd = state.D_compiled if state.D_compiled is not None else D
     global_batch = t.batch_size
@@ -43,19 +67,9 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
             with timer("data"):
                 real = speed.layout(next_real())
         with timer("critic"):
-            with torch.no_grad(), speed.autocast():
-                fake = speed.layout(full(G_fwd(state.noise.latents(global_batch, z_dim))))
-            with speed.autocast():
-                if speed.fused_critic_forward:  # no batch statistics in the critic: one forward, same scores
-                    real_scores, fake_scores = full(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
-                else:
-                    real_scores, fake_scores = full(D_fwd(real)), full(D_fwd(fake))
-                gp = gradient_penalty(D, real, fake, alpha=state.noise.alphas(global_batch))  # norm in fp32
-            loss_d = critic_loss(real_scores, fake_scores) + t.gp_weight * gp
-            state.opt_d.zero_grad(set_to_none=True)
-            # ONE backward through loss and penalty (the penalty's input gradient was create_graph), of this rank's
-            # share of the global mean; the all-reduce then sums the shares
-            (loss_d * weight).backward()
+            z = state.noise.latents(global_batch, z_dim)
+            alpha = state.noise.alphas(global_batch)
+            loss_d, gp, wasserstein = critic_backward(state, real, z, alpha, t.gp_weight, weight)
         with timer("allreduce"):
             dist.sum_grads(D)
         with timer("critic"):
@@ -64,7 +78,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
             state.critic_steps += 1
             add("loss/critic", loss_d)
             add("loss/gradient_penalty", gp)
-            add("wasserstein", real_scores.mean() - fake_scores.mean())
+            add("wasserstein", wasserstein)
 
     # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
     # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
