@@ -59,6 +59,23 @@ class Op:
     name: str
     flops: int
     bytes: int
+    phase: str = ""
+
+
+def phase_of_caller() -> str:
+    """Which part of the step the running op belongs to, from the Python functions on the stack."""
+    names, frame = set(), sys._getframe(2)
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    if "gradient_penalty" in names:
+        return "penalty: input gradient (create_graph)" if "grad" in names else "penalty: critic forward at x_hat"
+    if "critic_backward" in names:
+        return "critic: one backward, with the penalty's double backward" if "backward" in names else \
+            "critic: fakes, real+fake forward, losses"
+    if "step" in names and "train_step" in names:
+        return "optimizer steps"
+    return "generator update, metrics, EMA"
 
 
 def memory_span(t: torch.Tensor) -> int:
@@ -85,7 +102,8 @@ class OpRecorder(TorchDispatchMode):
         outputs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
         formula = flop_registry.get(func._overloadpacket)
         flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
-        self.ops.append(Op(name, int(flops), sum(map(memory_span, tensors)) + sum(map(memory_span, outputs))))
+        self.ops.append(Op(name, int(flops), sum(map(memory_span, tensors)) + sum(map(memory_span, outputs)),
+                           phase_of_caller()))
         return out
 
 
@@ -152,12 +170,13 @@ def trace_step(cfg: Config, speed: Speed, fake: bool = True) -> list[Op]:
 def roofline(ops: list[Op], peak_flops: float, bandwidth: float) -> dict:
     """Bounds in seconds (peak in FLOP/s, bandwidth in B/s) and a per-op-name breakdown."""
     by_name: dict[str, dict] = defaultdict(lambda: {"kernels": 0, "flops": 0, "bytes": 0, "seconds": 0.0})
+    by_phase: dict[str, dict] = defaultdict(lambda: {"kernels": 0, "flops": 0, "bytes": 0, "seconds": 0.0})
     for op in ops:
-        row = by_name[op.name]
-        row["kernels"] += 1
-        row["flops"] += op.flops
-        row["bytes"] += op.bytes
-        row["seconds"] += max(op.flops / peak_flops, op.bytes / bandwidth)
+        for row in (by_name[op.name], by_phase[op.phase]):
+            row["kernels"] += 1
+            row["flops"] += op.flops
+            row["bytes"] += op.bytes
+            row["seconds"] += max(op.flops / peak_flops, op.bytes / bandwidth)
     flops = sum(op.flops for op in ops)
     eager = sum(row["seconds"] for row in by_name.values())
     fused = sum(row["seconds"] for name, row in by_name.items() if name in MATRIX_OPS)
@@ -167,6 +186,7 @@ def roofline(ops: list[Op], peak_flops: float, bandwidth: float) -> dict:
         "eager_mfu_bound": flops / peak_flops / eager if eager else 0.0,
         "fused_mfu_bound": flops / peak_flops / fused if fused else 0.0,
         "by_op": dict(sorted(by_name.items(), key=lambda kv: -kv[1]["seconds"])),
+        "by_phase": dict(sorted(by_phase.items(), key=lambda kv: -kv[1]["seconds"])),
     }
 
 
@@ -189,9 +209,16 @@ def report(result: dict, gpu: str, precision: str, top: int, measured: float = 0
         f"{'op':32s} {'kernels':>7s} {'GFLOP':>9s} {'GB':>8s} {'bound ms':>9s} {'share':>6s}",
     ]
     for name, row in list(result["by_op"].items())[:top]:
-        lines.append(f"{name:32s} {row['kernels']:7d} {row['flops'] / 1e9:9.1f} {row['bytes'] / 1e9:8.3f} "
-                     f"{row['seconds'] * ms:9.3f} {row['seconds'] / result['eager_seconds']:6.1%}")
+        lines.append(row_line(name, row, result["eager_seconds"]))
+    lines += ["", f"{'phase':58s} {'kernels':>7s} {'GFLOP':>9s} {'GB':>8s} {'bound ms':>9s} {'share':>6s}"]
+    for name, row in result["by_phase"].items():
+        lines.append(row_line(name, row, result["eager_seconds"], width=58))
     return "\n".join(lines)
+
+
+def row_line(name: str, row: dict, total_seconds: float, width: int = 32) -> str:
+    return (f"{name:{width}s} {row['kernels']:7d} {row['flops'] / 1e9:9.1f} {row['bytes'] / 1e9:8.3f} "
+            f"{row['seconds'] * 1e3:9.3f} {row['seconds'] / total_seconds:6.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,11 @@ def test_the_trace_is_the_real_step(tiny_config, tmp_path):
     names = {op.name for op in traced}
     assert {"convolution", "convolution_backward", "mm", "native_dropout", "_fused_adam_"} <= names
     assert not names & {"empty_like", "detach", "view", "_unsafe_view", "permute", "_record_function_enter_new"}
+    phases = {op.phase for op in traced}
+    assert phases == {"critic: fakes, real+fake forward, losses", "penalty: critic forward at x_hat",
+                      "penalty: input gradient (create_graph)", "critic: one backward, with the penalty's double "
+                      "backward", "optimizer steps", "generator update, metrics, EMA"}
+    assert {op.name for op in traced if op.phase == "optimizer steps"} == {"_fused_adam_", "_foreach_add_"}
 
     # the FLOPs are those distgan counts for the step it trains (on the CPU's own settings: FLOPs do not depend
     # on precision or layout)
@@ -43,6 +48,7 @@ def test_the_trace_is_the_real_step(tiny_config, tmp_path):
     result = json.loads(out.read_text())
     assert result["precision"] == "bf16" and result["kernels"] > 100
     assert 0 < result["eager_mfu_bound"] < result["fused_mfu_bound"] <= 1
+    assert sum(row["kernels"] for row in result["by_phase"].values()) == result["kernels"]
 
 
 def test_memory_span_counts_each_stored_byte_once():
