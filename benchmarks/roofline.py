@@ -6,8 +6,9 @@ in seconds on a laptop. For every op that would launch a kernel it records
 - FLOPs, by torch.utils.flop_counter's formulas (the count distgan logs as perf/tflops_per_s),
 - bytes: what the op must read and write at least, each input's and output's memory span once,
 and bounds its time on the chosen GPU by max(FLOPs / peak, bytes / memory bandwidth). Summed over the step:
-- eager bound: every op its own kernel, each at the roofline, no launch gaps. No eager implementation is faster;
-  MFU bound = counted FLOPs / (peak x eager bound).
+- eager bound: every op its own kernel, each at the roofline, no launch gaps. No eager implementation whose
+  kernels go to memory for their operands is faster (tensors small enough to stay in L2 between kernels can beat
+  it); MFU bound = counted FLOPs / (peak x eager bound).
 - fused bound: only the convolutions and matrix products, as if everything between them were folded into their
   prologues and epilogues; what an ideal fused implementation approaches.
 
