@@ -4,7 +4,8 @@ One generator step (n_critic critic updates and the generator update, the real t
 (torch._subclasses.FakeTensorMode: shapes and dtypes, no data, no arithmetic), so the seed config's step traces
 in seconds on a laptop. For every op that would launch a kernel it records
 - FLOPs, by torch.utils.flop_counter's formulas (the count distgan logs as perf/tflops_per_s),
-- bytes: what the op must read and write at least, each input's and output's memory span once,
+- bytes: what the op must read and write at least (op_bytes: each tensor it needs read once, each it writes
+  written once, as memory spans),
 and bounds its time on the chosen GPU by max(FLOPs / peak, bytes / memory bandwidth). Summed over the step:
 - eager bound: every op its own kernel, each at the roofline, no launch gaps. No eager implementation whose
   kernels go to memory for their operands is faster (tensors small enough to stay in L2 between kernels can beat
@@ -52,6 +53,8 @@ BANDWIDTH = {"H100": 3.35, "H200": 4.8, "A100": 2.0}
 # ops that launch no kernel: allocations and metadata (views are recognised by their schema)
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias",
              "_unsafe_view", "lift_fresh", "_local_scalar_dense", "resize_", "set_"}
+# functions whose ops run on the host under CUDA too: the latents and alphas come from a CPU generator
+HOST_SIDE = {"latents", "alphas"}
 MATRIX_OPS = {"convolution", "convolution_backward", "mm", "addmm", "bmm", "baddbmm"}
 
 
@@ -63,12 +66,17 @@ class Op:
     phase: str = ""
 
 
-def phase_of_caller() -> str:
-    """Which part of the step the running op belongs to, from the Python functions on the stack."""
-    names, frame = set(), sys._getframe(2)
+def callers() -> set[str]:
+    """The names of the Python functions on the stack."""
+    names, frame = set(), sys._getframe(1)
     while frame is not None:
         names.add(frame.f_code.co_name)
         frame = frame.f_back
+    return names
+
+
+def phase_of(names: set[str]) -> str:
+    """Which part of the step an op called from these functions belongs to."""
     if "gradient_penalty" in names:
         return "penalty: input gradient (create_graph)" if "grad" in names else "penalty: critic forward at x_hat"
     if "critic_backward" in names:
@@ -88,6 +96,33 @@ def memory_span(t: torch.Tensor) -> int:
     return min(span, t.numel()) * t.element_size()
 
 
+def tensors_in(value) -> list[torch.Tensor]:
+    return [x for x in tree_leaves(value) if isinstance(x, torch.Tensor)]
+
+
+def op_bytes(func, args: tuple, kwargs: dict, out) -> int:
+    """Bytes read and written at least: each tensor argument read once, except one the op takes only its shape
+    from (zeros_like), wholly overwrites (copy_'s destination) or does not need (convolution_backward's input when
+    no weight gradient is asked for, its weight when no input gradient is); each output, and each argument the op
+    writes in place (_fused_adam_, _foreach_lerp_), written once."""
+    name = func._overloadpacket.__name__
+    read = written = 0
+    returned = {id(t) for t in tensors_in(out)}
+    for i, arg in enumerate(func._schema.arguments):
+        value = args[i] if i < len(args) else kwargs.get(arg.name)
+        tensors = tensors_in(value)
+        if not tensors:
+            continue
+        not_read = (name.endswith("_like") or (name == "copy_" and arg.name == "self")
+                    or (name == "convolution_backward" and arg.name == "input" and not args[10][1])
+                    or (name == "convolution_backward" and arg.name == "weight" and not args[10][0]))
+        if not not_read:
+            read += sum(map(memory_span, tensors))
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            written += sum(memory_span(t) for t in tensors if id(t) not in returned)
+    return read + written + sum(map(memory_span, tensors_in(out)))
+
+
 class OpRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -99,12 +134,12 @@ class OpRecorder(TorchDispatchMode):
         name = func._overloadpacket.__name__
         if func.is_view or name in NO_KERNEL or func.namespace in ("prim", "profiler"):
             return out
-        tensors = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
-        outputs = [x for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
+        names = callers()
+        if names & HOST_SIDE:
+            return out
         formula = flop_registry.get(func._overloadpacket)
         flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
-        self.ops.append(Op(name, int(flops), sum(map(memory_span, tensors)) + sum(map(memory_span, outputs)),
-                           phase_of_caller()))
+        self.ops.append(Op(name, int(flops), op_bytes(func, args, kwargs, out), phase_of(names)))
         return out
 
 
@@ -147,6 +182,7 @@ def trace_step(cfg: Config, speed: Speed, fake: bool = True) -> list[Op]:
     cpu = torch.device("cpu")
     state = TrainState.create(cfg, cpu, Dist())  # real weights, built on the CPU: small
     state.speed = speed
+    state.G_compiled = state.D_compiled = None  # traced eagerly: a compiled graph cannot run on fake tensors
     if speed.channels_last:
         state.G, state.D, state.G_ema = (m.to(memory_format=torch.channels_last)
                                          for m in (state.G, state.D, state.G_ema))

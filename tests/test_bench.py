@@ -40,13 +40,17 @@ def test_cuda_graph_probe_runs_its_eager_half_on_a_cpu(tmp_path):
     out = tmp_path / "probe.json"
     result = subprocess.run([sys.executable, "benchmarks/cuda_graph_probe.py", "--config", "configs/demo.yaml",
                              "train.device=cpu", "model.width=8", "model.z_dim=16", "model.image_size=16",
-                             "train.batch_size=8", "--updates", "3", "--json", str(out)],
+                             "train.batch_size=8", "model.critic_dropout=0.3", "--updates", "3", "--json", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["device"] == "cpu" and data["eager_ms_per_update"] > 0 and "graph_ms_per_update" not in data
-    loss, penalty, wasserstein, norm = data["eager_first"][0]
+    assert data["device"] == "cpu" and len(data["eager_ms"]) == 2 and min(data["eager_ms"]) > 0
+    assert data["graph_ms"] == [] and "ratio" not in data
+    loss, penalty, wasserstein, norm = data["reference"]
     assert abs(loss - (-wasserstein + 10.0 * penalty)) < 1e-4 and penalty > 0 and norm > 0  # demo: gp_weight 10
+    # the GPU's check that a replay computes the update rests on restoring the state: here an eager rerun from
+    # the restored state (weights, Adam, latents' and dropout's generators) must repeat the update exactly
+    assert data["replay"] == data["reference"] and data["replay_weights_difference"] == 0.0
     assert "eager only" in result.stdout
 
 

@@ -28,6 +28,7 @@ def test_the_trace_is_the_real_step(tiny_config, tmp_path):
     names = {op.name for op in traced}
     assert {"convolution", "convolution_backward", "mm", "native_dropout", "_fused_adam_"} <= names
     assert not names & {"empty_like", "detach", "view", "_unsafe_view", "permute", "_record_function_enter_new"}
+    assert not names & {"randn", "rand"}  # latents and alphas: drawn by the host, from a CPU generator
     phases = {op.phase for op in traced}
     assert phases == {"critic: fakes, real+fake forward, losses", "penalty: critic forward at x_hat",
                       "penalty: input gradient (create_graph)", "critic: one backward, with the penalty's double "
@@ -72,3 +73,19 @@ def test_bounds():
     assert abs(result["eager_mfu_bound"] - 3 / 9) < 1e-9 and abs(result["fused_mfu_bound"] - 3 / 6) < 1e-9
     assert list(result["by_op"]) == ["convolution_backward", "mul", "convolution"]
     assert result["kernels"] == 3 and result["bytes"] == 8 * 10**9
+
+
+def test_bytes_are_what_a_kernel_must_touch():
+    recorder = roofline.OpRecorder()
+    x, y = torch.zeros(100), torch.zeros(100)
+    a, b = torch.zeros(10), torch.zeros(10)
+    grad_out, inp, w = torch.zeros(2, 4, 6, 6), torch.zeros(2, 3, 8, 8), torch.zeros(4, 3, 3, 3)
+    with recorder:
+        torch.zeros_like(x)  # its input gives only the shape: a write of 400 bytes
+        y.copy_(x)  # the destination is overwritten, not read
+        torch._foreach_add_([a, b], 1.0)  # returns nothing, writes both in place
+        torch.ops.aten.convolution_backward(grad_out, inp, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                            [True, False, False])  # no weight gradient: the input is not read
+    sizes = {op.name: op.bytes for op in recorder.ops}
+    assert sizes == {"zeros_like": 400, "copy_": 800, "_foreach_add_": 160,
+                     "convolution_backward": 4 * (2 * 4 * 6 * 6 + 4 * 3 * 3 * 3 + 2 * 3 * 8 * 8)}
