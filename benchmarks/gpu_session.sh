@@ -54,6 +54,7 @@ echo "=== profile bf16 ($(date -u +%T))"
 timeout 90 python3 benchmarks/profile_step.py --config configs/celeba64.yaml speed.precision=bf16 \
     ${extra[@]+"${extra[@]}"} --top 15 > "$RESULTS/profile-bf16.txt" 2>&1
 head -c 2500 "$RESULTS/profile-bf16.txt" | cut -c 1-150
+tail -1 "$RESULTS/profile-bf16.txt"
 echo "=== checks ($(date -u +%T))"
 timeout 150 python3 benchmarks/gpu_checks.py --json "$RESULTS/checks.json" ${CHECKS_ARGS:-} 2>&1 \
     | grep -v "^\s*$" | tail -8 | tee "$RESULTS/checks.log"

@@ -2,6 +2,7 @@
 asserted: timings belong to benchmarks, not tests)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,20 @@ def test_cuda_graph_probe_runs_its_eager_half_on_a_cpu(tmp_path):
     # the restored state (weights, Adam, latents' and dropout's generators) must repeat the update exactly
     assert data["replay"] == data["reference"] and data["replay_weights_difference"] == 0.0
     assert "eager only" in result.stdout
+
+
+def test_profile_step_prints_the_step_time_split(tmp_path):
+    """benchmarks/profile_step.py, also run by gpu_session.sh: the top ops, then the per-step line docs/benchmarks.md
+    reads (wall time, host time in ops; the GPU's busy time and kernel count on a GPU)."""
+    result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--config", "configs/demo.yaml",
+                             "train.device=cpu", "model.width=8", "model.z_dim=16", "model.image_size=16",
+                             "train.batch_size=8", "--steps", "2", "--top", "5"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "aten::convolution_backward" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith("per step, under the profiler:"))
+    wall, host = (float(v) for v in re.findall(r"([0-9.]+) ms", line))
+    assert wall > 0 and host > 0 and "GPU" not in line
 
 
 def test_loader_workers_follow_the_cores():
