@@ -8,7 +8,7 @@ import sys
 from typing import Callable, NoReturn
 
 from distgan.config import Config, load_config
-from distgan.errors import UserError
+from distgan.errors import Diverged, UserError
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -28,8 +28,6 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Call main(); turn user errors into a one-line message and exit 2, a diverged run into one line and exit 1,
     with no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from distgan.engine.health import Diverged
-
     try:
         code = main()
     except UserError as exc:

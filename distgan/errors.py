@@ -24,6 +24,11 @@ class StorageError(UserError):
     """A run folder or checkpoint location that cannot be written or read."""
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or gradient; the message is one line naming the step and the value.
+    Not a user error (exit status 1), but printed as one line too."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()

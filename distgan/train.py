@@ -11,18 +11,19 @@ import logging
 from pathlib import Path
 
 from distgan.cli import config_from_args, run_main
-from distgan.engine.loop import best_so_far
 
 log = logging.getLogger("distgan.train")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch and Ray are imported only after the config is read: a mistake in it is reported at once
     cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
     if cfg.eval.every:
         from distgan.evaluation.evaluator import check_evaluation
 
         check_evaluation(cfg)  # missing weights or unfit reference data: one line now, not a half-written run
     if cfg.run.mode == "local":
+        from distgan.engine.loop import best_so_far
         from distgan.launch.local import train_local
 
         run_dir = Path(cfg.run.root) / cfg.run.name

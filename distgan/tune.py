@@ -24,7 +24,6 @@ from distgan.cli import run_main
 from distgan.config import Config, to_dict, to_yaml
 from distgan.engine.run_folder import RunFolder
 from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
-from distgan.launch.tune_trial import trial_driver
 
 log = logging.getLogger("distgan.tune")
 
@@ -100,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="a training config with a search: section (configs/tune.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value (training) and search.key=value overrides")
     args = p.parse_intermixed_args(argv)  # options and key=value in any order
-    cfg, search = load_search(args.config, args.overrides)
+    cfg, search = load_search(args.config, args.overrides)  # before torch and Ray: a mistake is reported at once
 
     from distgan.data.sources import resolve_shards
     from distgan.evaluation.evaluator import check_evaluation
     from distgan.launch.ray_train import (check_fits, connect, refuse_relative_root_in_job, storage_path,
                                           with_absolute_paths, worker_resources)
+    from distgan.launch.tune_trial import trial_driver
 
     refuse_relative_root_in_job(cfg)
     resolve_shards(cfg)  # every user mistake surfaces here, before any trial starts

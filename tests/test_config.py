@@ -1,6 +1,8 @@
 """Configs load; user mistakes end with one line naming the key and exit status 2, never a traceback."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,22 @@ def test_cli_exits_2_with_one_line(args, key, tmp_path):
     lines = [l for l in result.stderr.splitlines() if l.strip() and not re.match(r"\d{4}-\d\d-\d\d[ T]", l)]
     assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module, args", [
+    ("distgan.train", ["train.n_critic=0"]),
+    ("distgan.tune", ["--config", "configs/tune-demo.yaml", "search.scheduler=hyperband"]),
+])
+def test_config_mistakes_are_answered_before_torch_is_imported(module, args):
+    """A typo in a key or value gets its one line in a fraction of a second, not after the seconds that importing
+    torch and Ray takes."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{module!r}, *{args!r}]\n"
+            "try:\n"
+            f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n"
+            "    print('exit', exc.code, 'torch imported:', 'torch' in sys.modules, 'ray imported:', 'ray' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stdout.split() == ["exit", "2", "torch", "imported:", "False", "ray", "imported:", "False"], \
+        result.stdout + result.stderr

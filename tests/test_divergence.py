@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_module
 from distgan.data.stream import RealBatches
 from distgan.engine.checkpoint import read_file
-from distgan.engine.health import Diverged
+from distgan.errors import Diverged
 from distgan.launch.local import train_local
 
 

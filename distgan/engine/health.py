@@ -17,10 +17,6 @@ from distgan.engine.distributed import Dist
 WATCHED = ("loss/critic", "loss/gradient_penalty", "loss/generator", "grad_norm/critic", "grad_norm/generator")
 
 
-class Diverged(RuntimeError):
-    """Training produced a non-finite loss or gradient; the message is one line naming the step and the value."""
-
-
 class NonFiniteWatch:
     def __init__(self, device: torch.device):
         self.device = device

@@ -25,11 +25,12 @@ from distgan.engine.checkpoint import build_payload, generator_export, restore, 
 from distgan.engine.distributed import split
 from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.evaluation.evaluator import Evaluator, headline
-from distgan.engine.health import Diverged, NonFiniteWatch
+from distgan.engine.health import NonFiniteWatch
 from distgan.engine.launcher import Launcher
 from distgan.engine.logger import RunLogger, grid, say
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
+from distgan.errors import Diverged
 
 log = logging.getLogger(__name__)
 

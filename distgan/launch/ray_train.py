@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from distgan.config import Config, from_dict, to_dict
-from distgan.engine.health import Diverged
 from distgan.engine.run_folder import RunFolder
-from distgan.errors import StorageError, UserError, first_line
+from distgan.errors import Diverged, StorageError, UserError, first_line
 from distgan.launch.ray_output import quiet_driver_output
 from distgan.launch.ray_worker import STOP_FILE, worker_main
 
