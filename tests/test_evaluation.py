@@ -7,6 +7,7 @@ is tested with TinyFeatures (conftest.py), a small TorchScript network with the 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,6 +160,24 @@ def test_two_ranks_equal_one_process_and_reference_is_cached(tmp_path, tiny_feat
         assert ranks[0][key] == pytest.approx(single[key], rel=1e-4), key
     print(f"FID 1 process {single['eval/fid']:.6f}, 2 ranks {ranks[0]['eval/fid']:.6f}")
     assert len(list((tmp_path / "cache").rglob("fid-stats/*.pt"))) == 1
+
+
+def test_pipe_source_statistics_are_cached_in_the_cache_dir(tmp_path, demo_cache, monkeypatch):
+    """A `pipe:` source's URL is a shell command: its reference statistics go to data.cache_dir, not into a folder
+    named after the command in the working directory; a source that yields no image is a one-line user error."""
+    from distgan.data.demo import ensure_demo_shards
+
+    shard = sorted((Path(ensure_demo_shards(demo_cache, 16, 512))).glob("*.tar"))[0]
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    cfg = eval_config(str(cache), "unused", f"data.source=pipe:cat {shard}", "eval.metrics=[swd]", "eval.num_samples=64")
+    stats = reference.reference_statistics(cfg, Dist(), torch.device("cpu"), None, "none")
+    assert stats, "rank 0 gets the statistics"
+    assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.pt")] == ["cache"]
+    assert len(list(cache.glob("fid-stats/*.pt"))) == 1
+    empty = eval_config(str(cache), "unused", "data.source=pipe:exit 1", "eval.metrics=[swd]")
+    with pytest.raises(UserError, match=r"^data.source: 0 readable real images in pipe:exit 1;"):
+        reference.reference_statistics(empty, Dist(), torch.device("cpu"), None, "none")
 
 
 def test_missing_package_or_weights_is_a_user_error(monkeypatch, tmp_path):

@@ -2,7 +2,7 @@
 then cached next to the shards and read back by every later run and evaluation.
 
 Cache file: <shard folder>/fid-stats/<key>.pt, or <data.cache_dir>/fid-stats/ when the shard folder cannot be
-written (a read-only bucket). The key is a hash of everything the numbers depend on: the shard list and their
+written (a read-only bucket) or is not a place (a `pipe:` source). The key is a hash of everything the numbers depend on: the shard list and their
 counts (the manifest), the number of images used, resolution, channels, the feature network file (its sha1), the
 metrics, how many images KID/SWD keep, and the preprocessing version. Another data set, size or network gives
 another key, never stale numbers.
@@ -42,8 +42,10 @@ def reference_source(cfg: Config) -> str:
     return source
 
 
-def shard_folder(stream: ValidationStream) -> str:
-    return stream.urls[0].rsplit("/", 1)[0]
+def shard_folder(stream: ValidationStream) -> Optional[str]:
+    """Where the shards are; None for a `pipe:` source, whose URLs are shell commands, not places."""
+    url = stream.urls[0]
+    return None if url.startswith("pipe:") else url.rsplit("/", 1)[0]
 
 
 def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: int) -> str:
@@ -55,7 +57,8 @@ def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: 
 
 def cache_locations(cfg: Config, stream: ValidationStream, key: str) -> list[str]:
     fallback = os.path.join(os.path.expanduser(cfg.data.cache_dir), "fid-stats", f"{key}.pt")
-    return [f"{shard_folder(stream)}/fid-stats/{key}.pt", fallback]
+    folder = shard_folder(stream)
+    return [f"{folder}/fid-stats/{key}.pt", fallback] if folder else [fallback]
 
 
 def read_cache(locations: list[str]) -> Optional[dict]:
@@ -103,6 +106,9 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
     what = "eval.source" if ev.source else "data.source"
     stream = ValidationStream.from_source(source, ev.batch_size, cfg.model.image_size, cfg.model.channels,
                                           dist.rank, dist.world_size, limit=ev.num_real, what=what)
+    if stream.total < 2:  # a covariance, a kernel mean, a distance between sets: none is defined for fewer
+        raise DataSourceError(f"{what}: {stream.total} readable real images in {source}; the evaluation needs "
+                              f"at least 2")
     keep = min(ev.num_samples, stream.total)
     if "kid" in ev.metrics and keep < ev.kid_subset_size:
         raise DataSourceError(f"{what}: {stream.total} real images, KID needs eval.kid_subset_size="
