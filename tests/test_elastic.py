@@ -2,15 +2,27 @@
 as when a spot machine is reclaimed), the run goes on with 1 worker from its last checkpoint, the node comes back,
 and the run grows to 2 workers again; the global batch and the update rule stay as they are (tests/
 test_equivalence.py shows that N uneven ranks equal one process, and that a change of world size resumes exactly).
+
+The run is a `ray job submit` as docs/cluster.md section 7 shows it, with the job's runtime env shortening Ray
+Train's wait for a worker group's placement group (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default): right
+after the loss the lost node still counts as alive, the first restart asks for 2 workers and waits that long
+before it retries with 1.
 """
 
-import signal
+import json
+import os
+import re
+import subprocess
+import time
 from pathlib import Path
 
-import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ray_runs import finish, overrides, start_train, wait_for
+from conftest import ROOT
+from ray_cluster import ENV, RAY
+from ray_runs import overrides, wait_for
+
+GROUP_START_TIMEOUT_S = 15
 
 
 def world_sizes(run_dir: Path) -> list[tuple[int, int]]:
@@ -23,28 +35,42 @@ def world_sizes(run_dir: Path) -> list[tuple[int, int]]:
     return [(e.step, int(e.value)) for e in acc.Scalars("dist/world_size")]
 
 
+def job(cluster, command: str, *args: str, timeout: float = 180) -> str:
+    """`ray job COMMAND ARGS` against the cluster; its stdout."""
+    result = subprocess.run([*cluster.prefix, RAY, "job", command, "--address", cluster.dashboard, *args], cwd=ROOT,
+                            env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
 def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo_cache):
     args = overrides(tmp_path / "shared", demo_cache, "elastic", "train.steps=100000", "log.every=10",
                      "log.checkpoint_every=20", "log.sample_every=100000", "eval.every=0",
                      "ray.min_workers=1", "ray.max_failures=-1", "ray.resize_check_s=2",
                      "ray.cpus_per_worker=2")  # one worker fits a node (2 CPUs): losing a node loses a worker
-    log = tmp_path / "log.txt"
-    proc = start_train(ray_cluster, args, log)
+    job_id = f"distgan-elastic-{os.getpid()}"
+    # RAY_JOB_STOP_WAIT_TIME_S: `ray job stop` (SIGTERM) leaves the run time for its final checkpoint
+    runtime_env = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(GROUP_START_TIMEOUT_S),
+                                "RAY_JOB_STOP_WAIT_TIME_S": "120"}}
+    job(ray_cluster, "submit", "--no-wait", "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env),
+        "--working-dir", ".", "--", "python", "-m", "distgan.train", *args)
     run_dir = tmp_path / "shared" / "elastic"
     try:
         wait_for(lambda: len([s for s, w in world_sizes(run_dir) if w == 2]) >= 3, 300, "2 workers training")
         lost = next(node for node in ray_cluster.nodes[1:] if node.proc.poll() is None)
         killed_at = world_sizes(run_dir)[-1][0]
         lost.kill()  # every process of the node, by PID
+        lost_at = time.time()
         wait_for(lambda: [s for s, w in world_sizes(run_dir) if w == 1 and s > killed_at], 300,
                  "the run going on with 1 worker")
+        print(f"from the node's loss to 1 worker logging: {time.time() - lost_at:.0f} s")
         shrunk_at = world_sizes(run_dir)[-1][0]
         ray_cluster.add_node()
         wait_for(lambda: len([s for s, w in world_sizes(run_dir) if w == 2 and s > shrunk_at]) >= 2, 300,
                  "the run growing back to 2 workers")
     finally:
-        proc.send_signal(signal.SIGTERM)  # the run ends with a checkpoint
-    text = finish(proc, log)
+        job(ray_cluster, "stop", job_id)  # SIGTERM to the driver: the run ends with a checkpoint
+    text = job(ray_cluster, "logs", job_id)
     sizes = world_sizes(run_dir)
     steps = [s for s, _ in sizes]
     assert steps == list(range(10, steps[-1] + 1, 10)), f"a gap or a repeat in TensorBoard's step axis: {steps}"
@@ -54,3 +80,6 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
     per_rank = {int(e.value) for e in batches.Scalars("dist/batch_per_rank")}
     assert per_rank == {8, 16}, "the global batch of 16: 8 per rank on 2 workers, 16 on 1"
     assert "resumed from step" in text and "with 1 worker\n" in text
+    # the job's runtime env reached Ray Train's controller: a restart that asked for the lost node gave up this soon
+    waits = re.findall(r"startup timed out after ([0-9.]+) seconds", text)
+    assert all(float(w) == GROUP_START_TIMEOUT_S for w in waits), waits
