@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -48,10 +49,10 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
                      "log.checkpoint_every=20", "log.sample_every=100000", "eval.every=0",
                      "ray.min_workers=1", "ray.max_failures=-1", "ray.resize_check_s=2",
                      "ray.cpus_per_worker=2")  # one worker fits a node (2 CPUs): losing a node loses a worker
-    job_id = f"distgan-elastic-{os.getpid()}"
+    job_id = f"distgan-elastic-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     # RAY_JOB_STOP_WAIT_TIME_S: `ray job stop` (SIGTERM) leaves the run time for its final checkpoint
     runtime_env = {"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(GROUP_START_TIMEOUT_S),
-                                "RAY_JOB_STOP_WAIT_TIME_S": "120"}}
+                                "RAY_JOB_STOP_WAIT_TIME_S": "300"}}
     job(ray_cluster, "submit", "--no-wait", "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env),
         "--working-dir", ".", "--", "python", "-m", "distgan.train", *args)
     run_dir = tmp_path / "shared" / "elastic"
@@ -68,9 +69,20 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
         ray_cluster.add_node()
         wait_for(lambda: len([s for s, w in world_sizes(run_dir) if w == 2 and s > shrunk_at]) >= 2, 300,
                  "the run growing back to 2 workers")
+    except BaseException:
+        logs = subprocess.run([*ray_cluster.prefix, RAY, "job", "logs", "--address", ray_cluster.dashboard, job_id],
+                              env=ENV, capture_output=True, text=True, timeout=120)
+        print(logs.stdout[-6000:])  # shown with the failure
+        raise
     finally:
-        job(ray_cluster, "stop", job_id)  # SIGTERM to the driver: the run ends with a checkpoint
+        # SIGTERM to the driver: the run ends with a checkpoint (nothing raised here: it would hide a failure above)
+        try:
+            subprocess.run([*ray_cluster.prefix, RAY, "job", "stop", "--address", ray_cluster.dashboard, job_id],
+                           env=ENV, capture_output=True, timeout=360)
+        except subprocess.TimeoutExpired:
+            pass
     text = job(ray_cluster, "logs", job_id)
+    assert "done at step" in text, f"the run did not end cleanly: {text[-4000:]}"
     sizes = world_sizes(run_dir)
     steps = [s for s, _ in sizes]
     assert steps == list(range(10, steps[-1] + 1, 10)), f"a gap or a repeat in TensorBoard's step axis: {steps}"
@@ -80,6 +92,7 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
     per_rank = {int(e.value) for e in batches.Scalars("dist/batch_per_rank")}
     assert per_rank == {8, 16}, "the global batch of 16: 8 per rank on 2 workers, 16 on 1"
     assert "resumed from step" in text and "with 1 worker\n" in text
-    # the job's runtime env reached Ray Train's controller: a restart that asked for the lost node gave up this soon
+    # the job's runtime env reached Ray Train's controller: the restart that asked for the lost node's worker gave
+    # up this soon (the node is declared dead ~10 s after the kill, the restart comes within ~2 s)
     waits = re.findall(r"startup timed out after ([0-9.]+) seconds", text)
-    assert all(float(w) == GROUP_START_TIMEOUT_S for w in waits), waits
+    assert waits and all(float(w) == GROUP_START_TIMEOUT_S for w in waits), waits

@@ -176,7 +176,7 @@ def test_pipe_source_statistics_are_cached_in_the_cache_dir(tmp_path, demo_cache
     assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.pt")] == ["cache"]
     assert len(list(cache.glob("fid-stats/*.pt"))) == 1
     empty = eval_config(str(cache), "unused", "data.source=pipe:exit 1", "eval.metrics=[swd]")
-    with pytest.raises(UserError, match=r"^data.source: 0 readable real images in pipe:exit 1;"):
+    with pytest.raises(UserError, match=r"^data.source: pipe:exit 1 holds 0 images;"):
         reference.reference_statistics(empty, Dist(), torch.device("cpu"), None, "none")
 
 

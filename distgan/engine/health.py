@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from distgan.engine.distributed import Dist
+from distgan.errors import Diverged  # noqa: F401  (its old home: searches saved before the move still unpickle)
 
 WATCHED = ("loss/critic", "loss/gradient_penalty", "loss/generator", "grad_norm/critic", "grad_norm/generator")
 

@@ -45,7 +45,9 @@ def reference_source(cfg: Config) -> str:
 def shard_folder(stream: ValidationStream) -> Optional[str]:
     """Where the shards are; None for a `pipe:` source, whose URLs are shell commands, not places."""
     url = stream.urls[0]
-    return None if url.startswith("pipe:") else url.rsplit("/", 1)[0]
+    if url.startswith("pipe:"):
+        return None
+    return url.rsplit("/", 1)[0] if "/" in url else "."
 
 
 def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: int) -> str:
@@ -107,8 +109,7 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
     stream = ValidationStream.from_source(source, ev.batch_size, cfg.model.image_size, cfg.model.channels,
                                           dist.rank, dist.world_size, limit=ev.num_real, what=what)
     if stream.total < 2:  # a covariance, a kernel mean, a distance between sets: none is defined for fewer
-        raise DataSourceError(f"{what}: {stream.total} readable real images in {source}; the evaluation needs "
-                              f"at least 2")
+        raise DataSourceError(f"{what}: {source} holds {stream.total} images; the evaluation needs at least 2")
     keep = min(ev.num_samples, stream.total)
     if "kid" in ev.metrics and keep < ev.kid_subset_size:
         raise DataSourceError(f"{what}: {stream.total} real images, KID needs eval.kid_subset_size="
