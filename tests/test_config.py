@@ -96,3 +96,11 @@ def test_config_mistakes_are_answered_before_torch_is_imported(module, args):
     assert result.stderr.startswith("error: "), result.stderr
     assert result.stdout.split() == ["exit", "2", "torch", "imported:", "False", "ray", "imported:", "False"], \
         result.stdout + result.stderr
+
+
+def test_the_training_engine_leaves_torchvision_to_the_rank_that_draws_images():
+    """torchvision's package import pulls in torch._dynamo, about 3 s of CPU per process: every Ray worker and
+    spawned rank imports the engine, only rank 0 saves sample grids."""
+    code = "import sys, distgan.engine.loop, distgan.launch.ray_worker; print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False"], result.stdout + result.stderr

@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 
@@ -68,5 +67,9 @@ class RunLogger:
 
 def grid(images: torch.Tensor, nrow: Optional[int] = None) -> torch.Tensor:
     """Images in [-1, 1] -> one grid image in [0, 1]."""
+    # imported here: torchvision's package import pulls in torch._dynamo (~2.5 s of CPU), which only the process
+    # that draws images needs to pay, not every Ray worker at its start
+    from torchvision.utils import make_grid
+
     nrow = nrow or max(1, int(images.shape[0] ** 0.5))
     return make_grid(images.detach().float().cpu().clamp(-1, 1).add(1).div(2), nrow=nrow, padding=2)

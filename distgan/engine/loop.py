@@ -16,7 +16,6 @@ import time
 from typing import Optional
 
 import torch
-from torchvision.utils import save_image
 
 from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
@@ -213,6 +212,8 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             sums, steps_since, tick = {}, 0, time.perf_counter()
 
         if logger and (step % lg.sample_every == 0 or last or stopping):
+            from torchvision.utils import save_image  # rank 0 only (logger.grid: why here)
+
             images = sample_fixed(state, fixed_z)
             logger.images(step, images)
             save_image(grid(images), run_dir / "samples" / f"step-{step:08d}.png")
