@@ -55,6 +55,11 @@ def test_rayjob_entrypoint_is_a_valid_distgan_command(name):
     else:  # elastic: the worker range must match the pods' range
         assert (cfg.ray.min_workers, cfg.ray.num_workers) == (gpus("minReplicas"), gpus("maxReplicas"))
         assert job["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling"), "pods must come and go"
+        # the shorter wait after a node lost without notice (docs/cluster.md), under the name this Ray reads
+        from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+
+        env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+        assert 0 < float(env[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR]) < 60
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
 
 
