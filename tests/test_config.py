@@ -91,7 +91,8 @@ def test_config_mistakes_are_answered_before_torch_is_imported(module, args):
             "try:\n"
             f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
             "except SystemExit as exc:\n"
-            "    print('exit', exc.code, 'torch imported:', 'torch' in sys.modules, 'ray imported:', 'ray' in sys.modules)\n")
+            "    print('exit', exc.code, 'torch imported:', 'torch' in sys.modules,\n"
+            "          'ray imported:', 'ray' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stderr.startswith("error: "), result.stderr
     assert result.stdout.split() == ["exit", "2", "torch", "imported:", "False", "ray", "imported:", "False"], \

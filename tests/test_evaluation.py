@@ -170,7 +170,8 @@ def test_pipe_source_statistics_are_cached_in_the_cache_dir(tmp_path, demo_cache
     shard = sorted((Path(ensure_demo_shards(demo_cache, 16, 512))).glob("*.tar"))[0]
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
-    cfg = eval_config(str(cache), "unused", f"data.source=pipe:cat {shard}", "eval.metrics=[swd]", "eval.num_samples=64")
+    cfg = eval_config(str(cache), "unused", f"data.source=pipe:cat {shard}", "eval.metrics=[swd]",
+                      "eval.num_samples=64")
     stats = reference.reference_statistics(cfg, Dist(), torch.device("cpu"), None, "none")
     assert stats, "rank 0 gets the statistics"
     assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.pt")] == ["cache"]

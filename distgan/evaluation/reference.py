@@ -2,10 +2,10 @@
 then cached next to the shards and read back by every later run and evaluation.
 
 Cache file: <shard folder>/fid-stats/<key>.pt, or <data.cache_dir>/fid-stats/ when the shard folder cannot be
-written (a read-only bucket) or is not a place (a `pipe:` source). The key is a hash of everything the numbers depend on: the shard list and their
-counts (the manifest), the number of images used, resolution, channels, the feature network file (its sha1), the
-metrics, how many images KID/SWD keep, and the preprocessing version. Another data set, size or network gives
-another key, never stale numbers.
+written (a read-only bucket) or is not a place (a `pipe:` source). The key is a hash of everything the numbers
+depend on: the shard list and their counts (the manifest), the number of images used, resolution, channels, the
+feature network file (its sha1), the metrics, how many images KID/SWD keep, and the preprocessing version.
+Another data set, size or network gives another key, never stale numbers.
 """
 
 from __future__ import annotations
