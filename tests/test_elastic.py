@@ -20,7 +20,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-from ray_cluster import ENV, RAY
+from ray_cluster import RAY
 from ray_runs import overrides, wait_for
 
 GROUP_START_TIMEOUT_S = 15
@@ -36,11 +36,10 @@ def world_sizes(run_dir: Path) -> list[tuple[int, int]]:
     return [(e.step, int(e.value)) for e in acc.Scalars("dist/world_size")]
 
 
-def job(cluster, command: str, *args: str, timeout: float = 180) -> str:
-    """`ray job COMMAND ARGS` against the cluster; its stdout."""
-    result = subprocess.run([*cluster.prefix, RAY, "job", command, "--address", cluster.dashboard, *args], cwd=ROOT,
-                            env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+def job(cluster, command: str, *args: str, timeout: float = 180, check: bool = True) -> str:
+    """`ray job COMMAND ARGS` against the cluster; its stdout (check: assert that it succeeded)."""
+    result = cluster.run([RAY, "job", command, "--address", cluster.dashboard, *args], cwd=ROOT, timeout=timeout)
+    assert result.returncode == 0 or not check, (result.stdout + result.stderr)[-4000:]
     return result.stdout
 
 
@@ -70,15 +69,12 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
         wait_for(lambda: len([s for s, w in world_sizes(run_dir) if w == 2 and s > shrunk_at]) >= 2, 300,
                  "the run growing back to 2 workers")
     except BaseException:
-        logs = subprocess.run([*ray_cluster.prefix, RAY, "job", "logs", "--address", ray_cluster.dashboard, job_id],
-                              env=ENV, capture_output=True, text=True, timeout=120)
-        print(logs.stdout[-6000:])  # shown with the failure
+        print(job(ray_cluster, "logs", job_id, check=False)[-6000:])  # shown with the failure
         raise
     finally:
         # SIGTERM to the driver: the run ends with a checkpoint (nothing raised here: it would hide a failure above)
         try:
-            subprocess.run([*ray_cluster.prefix, RAY, "job", "stop", "--address", ray_cluster.dashboard, job_id],
-                           env=ENV, capture_output=True, timeout=360)
+            job(ray_cluster, "stop", job_id, timeout=360, check=False)
         except subprocess.TimeoutExpired:
             pass
     text = job(ray_cluster, "logs", job_id)
