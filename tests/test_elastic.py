@@ -7,6 +7,10 @@ The run is a `ray job submit` as docs/cluster.md section 7 shows it, with the jo
 Train's wait for a worker group's placement group (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by default): right
 after the loss the lost node still counts as alive, the first restart asks for 2 workers and waits that long
 before it retries with 1.
+
+It ends with `ray job stop`, as docs/cluster.md section 6 says to stop a job: SIGTERM to the driver, then SIGKILL
+after RAY_JOB_STOP_WAIT_TIME_S (3 s by default). With the wait raised in the runtime env the run ends cleanly with
+a checkpoint at the step it stopped (with Ray's 3 s it is killed before it can).
 """
 
 import json
@@ -21,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import ROOT
 from ray_cluster import RAY
-from ray_runs import overrides, wait_for
+from ray_runs import overrides, registered_checkpoints, wait_for
 
 GROUP_START_TIMEOUT_S = 15
 
@@ -78,7 +82,9 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
         except subprocess.TimeoutExpired:
             pass
     text = job(ray_cluster, "logs", job_id)
-    assert "done at step" in text, f"the run did not end cleanly: {text[-4000:]}"
+    stops = re.findall(r"stopped at step (\d+) with a checkpoint", text)
+    assert stops and f"done at step {stops[-1]}:" in text, f"the run did not end cleanly: {text[-4000:]}"
+    assert registered_checkpoints(run_dir)[-1] == int(stops[-1]), "the stop's checkpoint is not the newest"
     sizes = world_sizes(run_dir)
     steps = [s for s, _ in sizes]
     assert steps == list(range(10, steps[-1] + 1, 10)), f"a gap or a repeat in TensorBoard's step axis: {steps}"
