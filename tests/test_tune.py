@@ -95,19 +95,19 @@ def reported_steps(search_dir: Path) -> dict[str, list[int]]:
 
 
 def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_path, demo_cache):
-    """4 trials, 2 at a time. The driver is killed (by PID) once the first results are in; the rerun resumes the
-    search to the end; ASHA has stopped at least one trial early; the best config trains with distgan.train.
+    """3 trials, 2 at a time. The driver is killed (by PID) once the first results are in; the rerun resumes the
+    search to the end; ASHA has stopped the third trial early; the best config trains with distgan.train.
 
-    The trials come in grid order: two with sound generator learning rates (1e-3, 5e-4), then two with rates that
-    wreck the generator within a few steps (5e-2, 1e-1). The later two start only when one of the first two has
-    finished, so they reach ASHA's rung (step 20) after a better result is recorded there, and are stopped. (With
-    sampled rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of
-    improving SWD stops none, as happened once.) The records at the rung must survive the interruption: without
-    distgan's ResumableASHA the first two trials' results at step 20, reported before the kill, are forgotten, and
-    the later two go on to the end (as happened in a CI run). Until distgan gave the limit of 2 to the search generator,
-    Tune ignored it and started every trial at once (another CI failure): Tune's result files must show 2 at most."""
+    The trials come in grid order: two with sound generator learning rates (1e-3, 5e-4), then one with a rate that
+    wrecks the generator within a few steps (1e-1). The third starts only when one of the first two has finished,
+    so it reaches ASHA's rung (step 20) after two better results are recorded there, and is stopped. (With sampled
+    rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of improving
+    SWD stops none, as happened once.) The records at the rung must survive the interruption: without distgan's
+    ResumableASHA the first two trials' results at step 20, reported before the kill, are forgotten, and the third
+    goes on to the end (as happened in a CI run). Until distgan gave the limit of 2 to the search generator, Tune
+    ignored it and started every trial at once (another CI failure): Tune's result files must show 2 at most."""
     search = ["search.name=asha", "search.num_samples=1", "train.steps=40", "eval.every=20",
-              "search.space.train.lr_g={grid: [1.0e-3, 5.0e-4, 5.0e-2, 1.0e-1]}", "search.asha.reduction_factor=2"]
+              "search.space.train.lr_g={grid: [1.0e-3, 5.0e-4, 1.0e-1]}", "search.asha.reduction_factor=2"]
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
     search_dir = tmp_path / "runs" / "asha"
     env = {**ENV, "RAY_ADDRESS": ray_cluster.address}
@@ -124,14 +124,16 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     text = run_tune(ray_cluster, args, tmp_path / "second.log")
     assert "resuming the search" in text
     steps = reported_steps(search_dir)
-    assert len(steps) == 4, steps
+    assert len(steps) == 3, steps
     finals = sorted(s[-1] for s in steps.values())
     assert finals[-1] == 40 and finals[0] < 40, f"ASHA stopped no trial early: {steps}"
     rows = (search_dir / "trials.csv").read_text().splitlines()
-    assert len(rows) == 5 and "stopped early" in "\n".join(rows)
+    assert len(rows) == 4, rows
     swd = {float(r["train.lr_g"]): float(r["eval/swd"]) for r in csv.DictReader(rows)}  # at each trial's last report
+    status = {float(r["train.lr_g"]): r["status"] for r in csv.DictReader(rows)}
+    assert status == {1e-3: "completed", 5e-4: "completed", 1e-1: "stopped early"}, status
     print(f"eval/swd by lr_g: {swd}")
-    assert max(swd[1e-3], swd[5e-4]) < min(swd[5e-2], swd[1e-1]), "the wrecked trials are not the worse ones"
+    assert max(swd[1e-3], swd[5e-4]) < swd[1e-1], "the wrecked trial is not the worse one"
     assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
     spans = attempt_spans(search_dir)
     assert most_at_once(spans) <= 2, f"more than search.max_concurrent_trials=2 trials at once: {spans}"
