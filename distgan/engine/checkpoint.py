@@ -3,11 +3,12 @@ and crash-safe files. Launchers decide only WHERE payloads go (distgan/launch/);
 
 Full checkpoint (a dict saved with torch.save; docs/design.md has the table):
     format "distgan-checkpoint", version, step, config (the resolved config as a dict),
-    state: G, D, G_ema, opt_g, opt_d, noise (the latent/alpha RNG), step, critic_steps, images_seen, rollbacks,
+    state: G, D, G_ema, opt_g, opt_d, noise (the latent/alpha RNG), step, critic_steps, images_seen, rollbacks, best,
     ranks: one dict per rank: data_state (the rank's stream position), torch_rng (dropout masks), cuda_rng,
     metrics: what was reported with it (optional: a run resumed at its last step reports them again).
 Generator export (small; what distgan.sample and distgan.evaluate load, as EDM's network snapshots):
-    format "distgan-generator", version, step, model (the model config), G_ema (its state dict), metrics.
+    format "distgan-generator", version, step, model (the model config), config (the whole resolved config),
+    G_ema (its state dict), metrics.
 Either file is accepted wherever a generator is needed.
 """
 

@@ -2,7 +2,7 @@
 
 The loop (engine/loop.py) knows nothing of Ray, signals or storage layouts; it asks its launcher for these, and
 each launcher implements them in one class: distgan/launch/local.py (one process, run.mode=local) and
-distgan/launch/ray_train.py (a Ray Train worker, run.mode=ray). Tests implement it to inject stops or failures.
+distgan/launch/ray_worker.py (a Ray Train worker, run.mode=ray). Tests implement it to inject stops or failures.
 """
 
 from __future__ import annotations
