@@ -13,9 +13,40 @@ import torch
 from conftest import run_module
 from distgan.engine.checkpoint import FolderCheckpoints, build_payload, check_payload
 from distgan.engine.distributed import Dist, ReplicaMismatch
+from distgan.engine.run_folder import RunFolder
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError
 from gloo import spawn
+
+
+@pytest.mark.parametrize("write", ["checkpoint", "run folder file"])
+def test_files_reach_the_disk_before_their_name(tmp_path, monkeypatch, tiny_config, write):
+    """A power loss cannot be staged here, so this checks the order of calls that survives one: the data is fsynced
+    under a temporary name, renamed over the final name, then the folder is fsynced. For local checkpoints, and for
+    the run folder's own files (Ray mode's best/checkpoint.pt, ASHA's rung records)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    if write == "checkpoint":
+        FolderCheckpoints(str(tmp_path / "checkpoints"), keep=2).save(3, payload_for(tiny_config(), 3), {})
+        folder, name = tmp_path / "checkpoints", "ckpt-00000003.pt"
+    else:
+        RunFolder(str(tmp_path / "run")).write_bytes("best/checkpoint.pt", b"x" * 1000)
+        folder, name = tmp_path / "run" / "best", "checkpoint.pt"
+        assert (folder / name).read_bytes() == b"x" * 1000
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"], events
+    assert events[0][1].startswith(f".{name}.") and events[1][1] == name and events[2][1] == folder.name
+    assert sorted(p.name for p in folder.iterdir()) == [name]
 
 
 def payload_for(cfg, step: int) -> dict:

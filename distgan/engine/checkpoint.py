@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +24,7 @@ import torch
 
 from distgan.config import Config, from_dict, to_dict
 from distgan.engine.distributed import Dist
+from distgan.engine.run_folder import write_durably
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError, UserError, first_line
 from distgan.models import Generator, build_models
@@ -77,30 +77,9 @@ def generator_export(state: TrainState, cfg: Config, metrics: Optional[dict[str,
 
 
 # --- crash-safe files ---------------------------------------------------------------------------------------------
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, payload: Any) -> None:
-    """torch.save to a temporary name in the same folder, fsync, rename, fsync the folder: after a crash at any
-    moment the final name holds either nothing or the whole file, also after a power loss."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """torch.save, crash-safe (run_folder.write_durably: the final name holds the old file or the whole new one)."""
+    write_durably(path, lambda f: torch.save(payload, f), tmp_suffix=TMP_SUFFIX)
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -8,15 +8,44 @@ Small control files (which worker runs where, the stop request) go straight thro
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import fsspec
 
 log = logging.getLogger(__name__)
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str = ".tmp") -> None:
+    """write(file) to a temporary name in path's folder, fsync, rename, fsync the folder: after a crash at any
+    moment path holds either the old file (or nothing) or the whole new one, also after a power loss (a rename
+    without the fsync can leave the new name pointing at data that never reached the disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{tmp_suffix}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def is_url(path: str) -> bool:
@@ -81,18 +110,13 @@ class RunFolder:
             return f.read()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Whole or not at all: a local file is written under a temporary name and renamed (an object store's
-        put is atomic anyway)."""
+        """Whole or not at all: a local file through write_durably (an object store's put is atomic anyway)."""
         target = self.path(name)
         if self.remote:
             with self.fs.open(target, "wb") as f:
                 f.write(data)
             return
-        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{target.rsplit('/', 1)[0]}/.{target.rsplit('/', 1)[1]}.tmp"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, target)
+        write_durably(Path(target), lambda f: f.write(data))
 
     def exists(self, name: str) -> bool:
         return self.fs.exists(self.path(name))
