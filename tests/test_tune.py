@@ -189,9 +189,10 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster, tmp_path, demo_cache):
     # one trial much worse than the other from the start (generator learning rates 7e-4 and 2e-6, sampled with a
-    # fixed seed), so that the ranking holds still between reports: asynchronous PBT exploits at the second
-    # perturbation (step 40), and the exploited trial then trains on to step 100
-    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=100", "eval.every=20",
+    # fixed seed), so that the ranking holds still between reports: asynchronous PBT exploits the worse trial at the
+    # first perturbation (step 20) if the better one reported there first, else at the second (step 40), and the
+    # exploited trial then trains on to step 60
+    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=60", "eval.every=20",
               "search.pbt.resample_probability=1.0", "search.space.train.n_critic={choice: [1, 2, 3]}",
               "search.space.train.lr_g={loguniform: [1.0e-6, 1.0e-3]}", "search.seed=4",
               "log.keep_checkpoints=10"]  # the donor's checkpoint is read back below
