@@ -13,7 +13,7 @@ import torch
 from conftest import run_module
 from distgan.engine.checkpoint import FolderCheckpoints, build_payload, check_payload
 from distgan.engine.distributed import Dist, ReplicaMismatch
-from distgan.engine.run_folder import RunFolder
+from distgan.engine.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError
 from gloo import spawn
@@ -47,6 +47,26 @@ def test_files_reach_the_disk_before_their_name(tmp_path, monkeypatch, tiny_conf
     assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"], events
     assert events[0][1].startswith(f".{name}.") and events[1][1] == name and events[2][1] == folder.name
     assert sorted(p.name for p in folder.iterdir()) == [name]
+
+
+def test_a_durable_write_leaves_no_debris(tmp_path):
+    """A killed writer's temporary of the same file is removed by the next write of it (another file's is left to
+    its own writer), and a write that fails leaves the old file as it was and no temporary."""
+    folder = tmp_path / "best"
+    folder.mkdir()
+    (folder / ".checkpoint.pt.99999.tmp").write_bytes(b"a killed writer's")
+    (folder / ".records.json.99999.tmp").write_bytes(b"another file's")
+    RunFolder(str(tmp_path)).write_bytes("best/checkpoint.pt", b"old")
+    assert sorted(p.name for p in folder.iterdir()) == [".records.json.99999.tmp", "checkpoint.pt"]
+
+    def disk_full(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_durably(folder / "checkpoint.pt", disk_full)
+    assert (folder / "checkpoint.pt").read_bytes() == b"old"
+    assert sorted(p.name for p in folder.iterdir()) == [".records.json.99999.tmp", "checkpoint.pt"]
 
 
 def payload_for(cfg, step: int) -> dict:

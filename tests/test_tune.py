@@ -100,7 +100,9 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
 
     The trials come in grid order: two with sound generator learning rates (1e-3, 5e-4), then one with a rate that
     wrecks the generator within a few steps (1e-1). The third starts only when one of the first two has finished,
-    so it reaches ASHA's rung (step 20) after two better results are recorded there, and is stopped. (With sampled
+    so it reaches ASHA's rung (step 20) after two better results are recorded there, and is stopped. (Which of the
+    first two reaches the rung second is a race, and with one record at the rung ASHA's cutoff is that record: the
+    second may be stopped too, when its result is the worse of the two by noise.) (With sampled
     rates the SWD of 20-step trials differs by noise only; a run whose trials reach the rung in order of improving
     SWD stops none, as happened once.) The records at the rung must survive the interruption: without distgan's
     ResumableASHA the first two trials' results at step 20, reported before the kill, are forgotten, and the third
@@ -131,7 +133,7 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     assert len(rows) == 4, rows
     swd = {float(r["train.lr_g"]): float(r["eval/swd"]) for r in csv.DictReader(rows)}  # at each trial's last report
     status = {float(r["train.lr_g"]): r["status"] for r in csv.DictReader(rows)}
-    assert status == {1e-3: "completed", 5e-4: "completed", 1e-1: "stopped early"}, status
+    assert status[1e-1] == "stopped early" and "completed" in (status[1e-3], status[5e-4]), status
     print(f"eval/swd by lr_g: {swd}")
     assert max(swd[1e-3], swd[5e-4]) < swd[1e-1], "the wrecked trial is not the worse one"
     assert sorted(p.name for p in (search_dir / "trials").iterdir()) == sorted(steps)  # per-trial TensorBoard
@@ -189,10 +191,11 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster, tmp_path, demo_cache):
     # one trial much worse than the other from the start (generator learning rates 7e-4 and 2e-6, sampled with a
-    # fixed seed), so that the ranking holds still between reports: asynchronous PBT exploits the worse trial at the
-    # first perturbation (step 20) if the better one reported there first, else at the second (step 40), and the
-    # exploited trial then trains on to step 60
-    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=60", "eval.every=20",
+    # fixed seed), so that the ranking holds still between reports. Asynchronous PBT saves a donor's checkpoint when
+    # the better trial reports second at a perturbation step (20, 40, 60; the last step is never handed to the
+    # scheduler), and exploits it at the worse trial's next report: at step 40, or at 60 if the two swapped order
+    # once. The exploited trial then trains on to step 80.
+    search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=80", "eval.every=20",
               "search.pbt.resample_probability=1.0", "search.space.train.n_critic={choice: [1, 2, 3]}",
               "search.space.train.lr_g={loguniform: [1.0e-6, 1.0e-3]}", "search.seed=4",
               "log.keep_checkpoints=10"]  # the donor's checkpoint is read back below

@@ -37,14 +37,21 @@ def fsync_dir(directory: Path) -> None:
 def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str = ".tmp") -> None:
     """write(file) to a temporary name in path's folder, fsync, rename, fsync the folder: after a crash at any
     moment path holds either the old file (or nothing) or the whole new one, also after a power loss (a rename
-    without the fsync can leave the new name pointing at data that never reached the disk)."""
+    without the fsync can leave the new name pointing at data that never reached the disk). One process writes a
+    given path at a time, so an older temporary of the same path is a killed writer's: it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{tmp_suffix}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.*{tmp_suffix}"):
+        stale.unlink(missing_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an error in write(): the old file stays, no debris
+        raise
     fsync_dir(path.parent)
 
 
