@@ -45,6 +45,7 @@ from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.engine.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
+from distgan.engine.run_folder import ensure_writable
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 from distgan.errors import UserError
@@ -287,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     known = ("local", "plain", "ray1", "rayN", "local_beside_ray", "eval")
     unknown = set(modes) - set(known)
-    if unknown:
-        raise UserError(f"--modes: unknown {sorted(unknown)} ({', '.join(known)})")
+    if unknown or not modes:
+        raise UserError(f"--modes: unknown {sorted(unknown)} ({', '.join(known)})" if unknown else
+                        f"--modes: none given ({', '.join(known)})")
+    if args.json:  # before the timing, not after it
+        ensure_writable(args.json.expanduser().parent, "--json")
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     resolve_shards(cfg)
@@ -321,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         results["eval"] = measure_eval(cfg, device)
     print(report(results, cfg))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        args.json.expanduser().write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0
 
 

@@ -8,11 +8,12 @@ the key; the command-line entry points turn it into exit status 2 without a trac
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distgan.errors import ConfigError, first_line
@@ -144,26 +145,65 @@ def _one_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {text}" if key and key not in text else text
 
 
+def read_mapping(path: str | Path) -> DictConfig:
+    """A YAML config file's top level: key: value pairs, or a ConfigError naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors, binary files and the like
+        raise ConfigError(f"{path}: {first_line(exc)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a config file holds key: value pairs (a YAML mapping), this one a list")
+    return loaded
+
+
+def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> ConfigError:
+    """A failed key=value, said in the user's terms where OmegaConf's words are about its own types."""
+    key, _, value = item.partition("=")
+    try:
+        node = OmegaConf.select(cfg, key.strip())
+    except OmegaConfBaseException:
+        node = None
+    if isinstance(node, ListConfig) and not value.strip().startswith("["):
+        return ConfigError(f"{key}: a list, written {key}=[{value}]")
+    if isinstance(node, DictConfig):
+        return ConfigError(f"{key} is a section, not a value: set its keys, e.g. {key}.KEY={value}")
+    return ConfigError(_one_line(exc))
+
+
+def expand_home(value: str) -> str:
+    """~ and ~user at the start of a path, as a shell would (it does not in key=~/path: not an assignment)."""
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError on any user mistake."""
+    return config_from_mapping(read_mapping(path) if path is not None else None, str(path), overrides)
+
+
+def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults <- mapping (a config file's contents, named label in errors) <- dotlist overrides, validated."""
     cfg: DictConfig = OmegaConf.structured(Config)
-    try:
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        for item in overrides or []:
-            if "=" not in item:
-                raise ConfigError(f"override '{item}' is not of the form key=value")
+    if mapping is not None:
+        try:
+            cfg = OmegaConf.merge(cfg, mapping)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{label}: {_one_line(exc)}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(_one_line(exc)) from None
-    except ConfigError:
-        raise
-    except Exception as exc:  # YAML syntax errors and the like
-        raise ConfigError(f"{path}: {first_line(exc)}") from None
+        except OmegaConfBaseException as exc:
+            raise _override_error(cfg, item, exc) from None
+        except Exception as exc:  # a value YAML cannot parse
+            raise ConfigError(f"{item}: {first_line(exc)}") from None
     config: Config = OmegaConf.to_object(cfg)
+    for section, key in (("data", "source"), ("eval", "source"), ("eval", "weights"), ("run", "root")):
+        part = getattr(config, section)
+        setattr(part, key, expand_home(getattr(part, key)))
     validate(config)
     return config
 

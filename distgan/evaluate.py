@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from distgan.cli import run_main
-from distgan.config import from_dict, load_config, to_dict, validate
-from distgan.engine.checkpoint import find_generator, load_generator
+from distgan.cli import run_main, torch_device
+from distgan.config import expand_home, from_dict, load_config, to_dict, validate
+from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
+from distgan.engine.run_folder import ensure_writable
 
 
 def build_config(run_config: dict, args: argparse.Namespace):
@@ -33,12 +34,12 @@ def build_config(run_config: dict, args: argparse.Namespace):
     if args.num_real is not None:
         ev.num_real = args.num_real
     if args.data:
-        ev.source = args.data
+        ev.source = expand_home(args.data)
     if args.weights:
-        ev.weights = args.weights
-    if args.batch_size:
+        ev.weights = expand_home(args.weights)
+    if args.batch_size is not None:
         ev.batch_size = args.batch_size
-    if args.kid_subset_size:
+    if args.kid_subset_size is not None:
         ev.kid_subset_size = args.kid_subset_size
     ev.kid_subset_size = min(ev.kid_subset_size, ev.num_samples)
     if args.cache_dir:
@@ -62,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if args.json:  # checked before the work, which can take hours: not lost to a wrong path at the end
+        ensure_writable(args.json.expanduser().parent, "--json")
+    device = torch_device(args.device, "--device")
 
-    location = find_generator(args.source)
-    G, info = load_generator(location)
+    G, info, location = load_newest_generator(expand_home(args.source))
     cfg = build_config(info["config"], args)
     from distgan.evaluation.evaluator import Evaluator, check_evaluation
 
     check_evaluation(cfg)
-    device = torch.device(args.device)
     evaluator = Evaluator(cfg, Dist(), device)
     results = evaluator(G.to(device))
     rows = [("generator", str(location)), ("step", str(info["step"])), ("generated", str(cfg.eval.num_samples)),
@@ -79,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"generator": str(location), "step": info["step"],
+        args.json.expanduser().write_text(json.dumps({"generator": str(location), "step": info["step"],
                                          "num_samples": cfg.eval.num_samples, **results}, indent=1) + "\n")
     return 0
 

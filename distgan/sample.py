@@ -14,14 +14,16 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from distgan.cli import run_main
-from distgan.engine.checkpoint import find_generator, load_generator
+from distgan.cli import run_main, torch_device
+from distgan.config import expand_home
+from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.logger import grid
+from distgan.engine.run_folder import ensure_writable
 from distgan.errors import UserError
 
 
 @torch.no_grad()
-def generate(G: torch.nn.Module, num: int, seed: int, device: str = "cpu", batch: int = 256) -> torch.Tensor:
+def generate(G: torch.nn.Module, num: int, seed: int, device: str | torch.device = "cpu", batch: int = 256) -> torch.Tensor:
     rng = torch.Generator().manual_seed(seed)
     z = torch.randn(num, G.z_dim, generator=rng)
     return torch.cat([G(z[i : i + batch].to(device)).cpu() for i in range(0, num, batch)])
@@ -37,7 +39,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolation_strips(G: torch.nn.Module, steps: int, strips: int, seed: int, device: str) -> torch.Tensor:
+def interpolation_strips(G: torch.nn.Module, steps: int, strips: int, seed: int, device: str | torch.device) -> torch.Tensor:
     """strips x steps images, row by row."""
     rng = torch.Generator().manual_seed(seed + 1)
     ends = torch.randn(strips, 2, G.z_dim, generator=rng)
@@ -62,16 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--num must be >= 0 and --grid >= 1")
     if args.interpolate == 1 or args.interpolate < 0 or args.strips < 1:
         raise UserError("--interpolate takes K >= 2 images per strip, --strips >= 1")
-    G, info = load_generator(find_generator(args.source), ema=not args.raw_generator)
-    G = G.to(args.device)
-    images = generate(G, max(args.num, args.grid), args.seed, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable(Path(args.out), "--out")  # before the work, not after it
+    device = torch_device(args.device, "--device")
+    G, info, _ = load_newest_generator(expand_home(args.source), ema=not args.raw_generator)
+    G = G.to(device)
+    images = generate(G, max(args.num, args.grid), args.seed, device)
     save_image(grid(images[: args.grid]), out / "grid.png")
     for i in range(args.num):
         save_image(images[i].add(1).div(2).clamp(0, 1), out / f"{i:06d}.png")
     if args.interpolate:
-        strips = interpolation_strips(G, args.interpolate, args.strips, args.seed, args.device)
+        strips = interpolation_strips(G, args.interpolate, args.strips, args.seed, device)
         save_image(grid(strips, nrow=args.interpolate), out / "interpolation.png")
     print(f"wrote {out / 'grid.png'} and {args.num} images from step {info['step']} to {out}"
           + (f", and {out / 'interpolation.png'}" if args.interpolate else ""))

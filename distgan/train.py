@@ -8,7 +8,9 @@ run.mode=local trains in this process (one GPU or the CPU), with no Ray at all.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from typing import Optional
 
 from distgan.cli import config_from_args, run_main
 
@@ -23,26 +25,36 @@ def main(argv: list[str] | None = None) -> int:
 
         check_evaluation(cfg)  # missing weights or unfit reference data: one line now, not a half-written run
     if cfg.run.mode == "local":
-        from distgan.engine.loop import best_so_far
-        from distgan.launch.local import train_local
+        from distgan.engine.loop import best_so_far, train
+        from distgan.engine.run_folder import ensure_writable
+        from distgan.launch.local import LocalLauncher
 
-        run_dir = Path(cfg.run.root) / cfg.run.name
+        run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root")
         log.info("run directory: %s", run_dir.resolve())
-        state = train_local(cfg, run_dir)
-        print(summary(str(run_dir), state.step, best_so_far(state.best)))
+        with LocalLauncher(cfg, run_dir) as launcher:
+            state = train(cfg, launcher)
+        run_dir, step, metrics, stop_signal = str(run_dir), state.step, best_so_far(state.best), launcher.stop_signal
     else:
         from distgan.data.sources import resolve_shards
         from distgan.launch.ray_train import run_ray
 
         resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
-        run_dir, metrics = run_ray(cfg)
-        print(summary(run_dir, int(metrics.get("step", cfg.train.steps)), metrics))
-    return 0
+        run_dir, metrics, stop_signal = run_ray(cfg)
+        step = int(metrics.get("step", cfg.train.steps))
+    stopped = stop_signal is not None and step < cfg.train.steps
+    print(summary(run_dir, step, metrics, cfg.train.steps, stop_signal if stopped else None))
+    # a run stopped before train.steps is not done: the shell's status for the signal (130 Ctrl-C, 143 SIGTERM), so
+    # that `train && evaluate` or a job system that reruns failed jobs sees it
+    return 128 + stop_signal if stopped else 0
 
 
-def summary(run_dir: str, step: int, metrics: dict) -> str:
+def summary(run_dir: str, step: int, metrics: dict, steps: int, stop_signal: Optional[int] = None) -> str:
     """Where the run is and its best evaluation (metrics: loop.best_so_far's keys, among others)."""
-    lines = [f"done at step {step}: {run_dir}"]
+    if stop_signal is None:
+        lines = [f"done at step {step}: {run_dir}"]
+    else:
+        lines = [f"stopped at step {step} of {steps} ({signal.Signals(stop_signal).name}): {run_dir}",
+                 "  the same command resumes from its checkpoint"]
     best = {k.removeprefix("best/eval/"): v for k, v in metrics.items() if k.startswith("best/eval/")}
     for name, value in best.items():
         lines.append(f"  best {name} {value:.4g} at step {int(metrics['best/step'])} (generators/generator-best.pt)")

@@ -29,10 +29,10 @@ def start_train(cluster, args, log_path: Path, cwd: Path = ROOT) -> subprocess.P
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
-def finish(proc: subprocess.Popen, log_path: Path, timeout: float = 420) -> str:
+def finish(proc: subprocess.Popen, log_path: Path, timeout: float = 420, returncode: int = 0) -> str:
     proc.wait(timeout=timeout)
     text = log_path.read_text()
-    assert proc.returncode == 0, text[-4000:]
+    assert proc.returncode == returncode, text[-4000:]
     return text
 
 

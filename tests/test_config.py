@@ -48,6 +48,8 @@ BAD = [
     (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
     (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
     (["speed.gemm_first_conv=maybe"], "speed.gemm_first_conv"),
+    (["eval.metrics=swd"], "eval.metrics=[swd]"),  # a list written as a value: how to write it
+    (["train=5"], "train.KEY=5"),  # a section given a value
 ]
 
 
@@ -105,3 +107,23 @@ def test_the_training_engine_leaves_torchvision_to_the_rank_that_draws_images():
     code = "import sys, distgan.engine.loop, distgan.launch.ray_worker; print('torchvision' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False"], result.stdout + result.stderr
+
+
+def test_a_config_file_must_hold_key_value_pairs(tmp_path):
+    from distgan.launch.search import load_search
+
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- 1\n- 2\n")
+    for load in (load_config, lambda path: load_search(path, [])):
+        with pytest.raises(ConfigError, match=f"^{listed}: a config file holds key: value pairs"):
+            load(str(listed))
+
+
+def test_home_is_expanded_in_path_values(monkeypatch, tmp_path):
+    """`data.source=~/shards` reaches the program with its ~ (a shell expands ~ only at a word's start or after
+    an assignment's =): the config expands it, so that every reader gets the same path."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["data.source=~/shards", "eval.source=~/ref", "eval.weights=~/net.pt", "run.root=~/runs"])
+    assert (cfg.data.source, cfg.eval.source, cfg.eval.weights, cfg.run.root) == (
+        f"{tmp_path}/shards", f"{tmp_path}/ref", f"{tmp_path}/net.pt", f"{tmp_path}/runs")
+    assert load_config(None, ["data.source=s3://bucket/~x"]).data.source == "s3://bucket/~x"

@@ -84,7 +84,8 @@ def test_lost_node_shrinks_the_run_and_it_grows_back(ray_cluster, tmp_path, demo
             pass
     text = job(ray_cluster, "logs", job_id)
     stops = re.findall(r"stopped at step (\d+) with a checkpoint", text)
-    assert stops and f"done at step {stops[-1]}:" in text, f"the run did not end cleanly: {text[-4000:]}"
+    assert stops and f"stopped at step {stops[-1]} of 100000 (SIGTERM)" in text, \
+        f"the run did not end cleanly: {text[-4000:]}"
     registered = registered_checkpoints(run_dir)
     assert registered and registered[-1] == int(stops[-1]), f"the stop's checkpoint is not the newest: {registered}"
     sizes = world_sizes(run_dir)

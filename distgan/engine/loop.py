@@ -20,7 +20,7 @@ import torch
 from distgan.config import Config, to_yaml
 from distgan.data.sources import resolve_shards
 from distgan.data.stream import RealBatches, ShardStream, loader_workers
-from distgan.engine.checkpoint import build_payload, generator_export, restore, write_export
+from distgan.engine.checkpoint import build_payload, check_same_model, generator_export, restore, write_export
 from distgan.engine.distributed import split
 from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.evaluation.evaluator import Evaluator, headline
@@ -66,6 +66,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     stream_seed = t.seed
     payload = store.load_latest()
     if payload is not None:
+        check_same_model(payload, cfg)
         same_layout = restore(state, payload, dist)
         state.apply_hyperparameters(t)
         if same_layout:
@@ -78,6 +79,8 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                             len(payload["ranks"]), dist.world_size, state.step)
             say(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
         if state.step >= t.steps:
+            if dist.is_main:
+                say(f"nothing to train: the run is at step {state.step}, train.steps={t.steps} (raise it to go on)")
             # nothing left to train (a Tune trial restored after it had finished, its last report lost with the
             # search's driver): a scheduler waits for the final metrics, so those of the checkpoint go out again
             launcher.report(state.step, payload.get("metrics", {}))

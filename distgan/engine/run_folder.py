@@ -55,6 +55,22 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str
     fsync_dir(path.parent)
 
 
+def ensure_writable(folder: Path, what: str) -> Path:
+    """Creates folder and checks that a file can be written in it: a StorageError naming `what` now, not a
+    traceback after the work that was to be written there."""
+    from distgan.errors import StorageError, first_line
+
+    folder = Path(folder).expanduser()
+    probe = folder / f".distgan-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(f"{what}: cannot write to {folder}: {first_line(exc)}") from None
+    return folder
+
+
 def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 

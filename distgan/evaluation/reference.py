@@ -112,8 +112,8 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
         raise DataSourceError(f"{what}: {source} holds {stream.total} images; the evaluation needs at least 2")
     keep = min(ev.num_samples, stream.total)
     if "kid" in ev.metrics and keep < ev.kid_subset_size:
-        raise DataSourceError(f"{what}: {stream.total} real images, KID needs eval.kid_subset_size="
-                              f"{ev.kid_subset_size}")
+        raise DataSourceError(f"{what}: {stream.total} real images, fewer than KID's subsets of eval.kid_subset_size="
+                              f"{ev.kid_subset_size} (distgan.evaluate: --kid-subset-size)")
     key = cache_key(cfg, stream, network_digest, keep)
     locations = cache_locations(cfg, stream, key)
     cached = read_cache(locations) if dist.is_main else None
@@ -136,9 +136,20 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
         if dist.is_main and time.perf_counter() - last_line > 30:
             say(f"reference statistics: {done * dist.world_size}/{stream.total} real images (estimate)")
             last_line = time.perf_counter()
+    read = dist.sum_int(done, device)
+    if read < 2 or ("kid" in ev.metrics and min(read, keep) < ev.kid_subset_size):
+        raise DataSourceError(f"{what}: only {read} of the {stream.total} real images in {source} could be read "
+                              f"(the warnings above name the shards): too few for the evaluation")
     gathered = stats.gathered(dist)
     if dist.is_main:
-        where = write_cache(locations, gathered)
-        say(f"reference statistics: {stream.total} real images in {time.perf_counter() - started:.0f} s, "
-            f"cached at {where or '(nowhere writable)'}")
+        seconds = time.perf_counter() - started
+        if read < stream.total:  # numbers of a partial read are never cached: once the data reads whole, they'd
+            # be stale under the same key
+            log.warning("reference statistics: %d of the %d real images could not be read: these statistics "
+                        "are used now but not cached", stream.total - read, stream.total)
+            say(f"reference statistics: {read} of {stream.total} real images in {seconds:.0f} s, not cached")
+        else:
+            where = write_cache(locations, gathered)
+            say(f"reference statistics: {read} real images in {seconds:.0f} s, cached at "
+                f"{where or '(nowhere writable)'}")
     return gathered

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from distgan.cli import torch_device
 from distgan.config import Config
 from distgan.engine.checkpoint import FolderCheckpoints
 from distgan.engine.distributed import Dist
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def pick_device(name: str) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    torch_device(name, "train.device")  # cuda where there is none: a UserError
     return torch.device("cuda", 0)
 
 
@@ -38,7 +40,7 @@ class LocalLauncher:
         self.cpus = float(len(os.sched_getaffinity(0)))
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
         self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints)
-        self.stop_requested = False
+        self.stop_signal: Optional[int] = None  # the signal that asked the run to stop
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "LocalLauncher":
@@ -55,12 +57,12 @@ class LocalLauncher:
 
     def _on_signal(self, signum, frame) -> None:
         log.warning("%s: stopping at the next log step with a checkpoint", signal.Signals(signum).name)
-        self.stop_requested = True
+        self.stop_signal = signum
         if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def should_stop(self) -> bool:
-        return self.stop_requested
+        return self.stop_signal is not None
 
     def preempted(self) -> bool:
         return False

@@ -139,8 +139,9 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
     )
 
 
-def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
-    """python -m distgan.train in Ray mode: fit one TorchTrainer; returns the run folder and the last metrics."""
+def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
+    """python -m distgan.train in Ray mode: fit one TorchTrainer; returns the run folder, the last metrics and the
+    signal that asked the run to stop (None if none came)."""
     import ray
 
     refuse_relative_root_in_job(cfg)
@@ -150,7 +151,10 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
         check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())
     trainer = build_trainer(cfg)
 
+    stop_signals: list[int] = []
+
     def on_stop_signal(signum, frame):  # SIGTERM (preemption, `ray job stop`) or Ctrl-C: a final checkpoint
+        stop_signals.append(signum)
         name = signal.Signals(signum).name
         log.warning("%s: asking the workers to checkpoint and stop (at the next log step)", name)
         folder.write_text(STOP_FILE, f"{name}\n")
@@ -163,7 +167,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return folder.location, dict(result.metrics or {})
+    return folder.location, dict(result.metrics or {}), stop_signals[0] if stop_signals else None
 
 
 def fit(trainer):

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from distgan.config import Config, load_config, to_dict
+from distgan.config import Config, config_from_mapping, read_mapping, to_dict
 from distgan.errors import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "grid")
@@ -64,22 +64,9 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 def load_search(path: str | None, overrides: list[str]) -> tuple[Config, SearchConfig]:
     """A tune config: the training config (validated as for distgan.train) and its search section."""
     train_overrides, search_overrides = split_overrides(overrides)
-    raw = {}
-    if path is not None:
-        try:
-            raw = OmegaConf.to_container(OmegaConf.load(path)) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except Exception as exc:
-            raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
-    search_raw = raw.pop("search", {}) or {}
-    train_yaml = OmegaConf.to_yaml(OmegaConf.create(raw))
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(train_yaml)
-        f.flush()
-        cfg = load_config(f.name, train_overrides)
+    mapping = read_mapping(path) if path is not None else OmegaConf.create({})
+    search_raw = mapping.pop("search", None) or {}
+    cfg = config_from_mapping(mapping, str(path), train_overrides)
     # search.space.train.lr_g={...}: the space's keys are dotted training keys, not nested sections
     space_overrides = [o.removeprefix("space.") for o in search_overrides if o.startswith("space.")]
     search_overrides = [o for o in search_overrides if not o.startswith("space.")]

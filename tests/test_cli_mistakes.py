@@ -1,0 +1,78 @@
+"""Mistakes found only after the config loads (a path that cannot be written, a device that is not there, a run
+resumed with another model, a cut-short generator export) end with one line and exit status 2 before any work
+is done, or are worked around with a warning; nothing already written is lost."""
+
+import re
+
+import pytest
+import torch
+
+from conftest import run_module
+from distgan.cli import torch_device
+from distgan.engine.checkpoint import load_newest_generator
+from distgan.engine.run_folder import ensure_writable
+from distgan.errors import StorageError, UserError
+from distgan.launch.local import pick_device, train_local
+
+
+def error_line(result) -> str:
+    """The one line a user error prints (log records, which start with a date, aside)."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [l for l in result.stderr.splitlines() if l.strip() and not re.match(r"\d{4}-\d\d-\d\d[ T]", l)]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_unwritable_places_are_named_before_any_work(tmp_path, demo_cache):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(StorageError, match=f"^--out: cannot write to {a_file}/x"):
+        ensure_writable(a_file / "x", "--out")
+    from distgan.data.demo import ensure_demo_shards
+
+    with pytest.raises(StorageError, match="^data.cache_dir: cannot write to"):
+        ensure_demo_shards(str(a_file), 16, 8)
+    result = run_module("distgan.train", "run.mode=local", f"run.root={a_file}", f"data.cache_dir={demo_cache}",
+                        "model.image_size=16", "data.demo_images=512", "train.steps=2", timeout=120)
+    assert result.returncode == 2 and error_line(result).startswith(f"error: run.root: cannot write to {a_file}/")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_a_device_that_is_not_there_is_a_user_error():
+    with pytest.raises(UserError, match="^train.device=cuda, but torch sees no CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(UserError, match="^--device=cuda:1, but torch sees no CUDA device"):
+        torch_device("cuda:1", "--device")
+    with pytest.raises(UserError, match="^--device: 'tpu' is not a device"):
+        torch_device("tpu", "--device")
+    assert pick_device("auto") == torch.device("cpu")
+
+
+def test_resuming_with_another_model_is_refused_and_the_run_kept(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    train_local(tiny_config("train.steps=2", "log.checkpoint_every=2"), run)
+    kept = sorted(p.name for p in run.rglob("*"))
+    for override, named in [("model.width=4", "model.width=4 (the run's: 8)"),
+                            ("model.critic_dropout=0.3", "model.critic_dropout=0.3 (the run's: 0.0)")]:
+        with pytest.raises(UserError, match=re.escape(named)):
+            train_local(tiny_config("train.steps=4", override), run)
+    assert sorted(p.name for p in run.rglob("*")) == kept
+    # what does not change a weight's shape may change: another dropout rate, another batch size
+    assert train_local(tiny_config("train.steps=3", "model.critic_dropout=0.0", "train.batch_size=8"), run).step == 3
+
+
+def test_a_cut_short_generator_export_falls_back_and_outputs_are_checked_first(tiny_config, tmp_path, caplog):
+    run = tmp_path / "run"
+    train_local(tiny_config("train.steps=4", "log.checkpoint_every=2"), run)
+    newest = run / "generators" / "generator-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
+    G, info, used = load_newest_generator(run)
+    assert info["step"] == 2 and used.endswith("generator-00000002.pt")
+    assert "generator-00000004.pt" in caplog.text
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    sampled = run_module("distgan.sample", str(run), "--out", str(a_file / "out"), "--num", "1", timeout=120)
+    assert sampled.returncode == 2 and error_line(sampled).startswith("error: --out: cannot write to")
+    evaluated = run_module("distgan.evaluate", str(run), "--metrics", "swd", "--json", str(a_file / "m.json"),
+                           timeout=120)
+    assert evaluated.returncode == 2 and error_line(evaluated).startswith("error: --json: cannot write to")
