@@ -170,7 +170,11 @@ def test_rerun_after_truncation_resumes_from_the_previous_checkpoint(tiny_config
 
 
 def perturbed_rank_fn(rank: int, world: int, cfg, out_dir: str) -> None:
-    state = TrainState.create(cfg, torch.device("cpu"), Dist(rank, world))
+    import copy
+
+    own = copy.deepcopy(cfg)
+    own.train.seed += rank  # rank 1 draws other initial weights: rank 0's broadcast must replace them
+    state = TrainState.create(own, torch.device("cpu"), Dist(rank, world))
     dist = Dist(rank, world)
     dist.check_identical({"G": state.G, "D": state.D})  # identical after creation: no error
     if rank == 1:

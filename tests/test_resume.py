@@ -1,11 +1,18 @@
 """Resume is exact: k steps, stop, resume to 2k equals 2k steps in one go, bitwise on CPU; and the resumed run
 really resumes (it executes only the remaining k steps)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import distgan.engine.loop
+from distgan.config import load_config
+from distgan.engine.checkpoint import FolderCheckpoints
+from distgan.engine.distributed import Dist
+from distgan.engine.loop import train
 from distgan.launch.local import train_local
+from gloo import spawn
 
 
 def assert_same_state(a, b):
@@ -58,3 +65,64 @@ def test_resumed_run_differs_from_a_fresh_start(tiny_config, tmp_path):
     fresh = train_local(tiny_config("train.steps=2"), tmp_path / "c")
     with pytest.raises(AssertionError):
         assert_same_state(straight, fresh)
+
+
+class RankLauncher:
+    """The launcher contract for one gloo rank: checkpoints in a folder every rank sees, written by rank 0."""
+
+    def __init__(self, run_dir: str):
+        self.dist, self.device, self.run_dir, self.cpus = Dist.from_process_group(), torch.device("cpu"), Path(run_dir), 1.0
+        self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", 5, self.dist)
+
+    def should_stop(self):
+        return False
+
+    def preempted(self):
+        return False
+
+    def publish(self):
+        pass
+
+    def report(self, step, metrics):
+        pass
+
+
+def train_ranks(rank: int, world: int, root: str, name: str, plan: list[int]) -> None:
+    """Trains to each step count of plan in turn (a resume in between), then saves this rank's weights and RNG."""
+    for steps in plan:
+        cfg = load_config(None, [
+            "model.z_dim=8", "model.width=4", "model.image_size=16", "model.critic_dropout=0.3", "data.source=demo",
+            f"data.cache_dir={root}/cache", "data.demo_images=256", "data.shuffle_buffer=16", "data.num_workers=0",
+            "train.batch_size=7", "train.n_critic=2", "train.device=cpu", f"train.steps={steps}", "log.every=1",
+            "log.sample_every=100", "log.checkpoint_every=100", "log.num_samples=4", "log.progress=false",
+            "run.mode=local", f"run.root={root}"])
+        state = train(cfg, RankLauncher(f"{root}/{name}"))
+    out = {f"{n}.{k}": v for n in ("G", "D", "G_ema") for k, v in getattr(state, n).state_dict().items()}
+    torch.save({**out, "torch_rng": torch.get_rng_state()}, f"{root}/{name}-rank{rank}.pt")
+
+
+def test_each_rank_resumes_its_own_data_position_and_dropout_rng(tmp_path):
+    """2 ranks (4 + 3 of a batch of 7, critic dropout on): 3 steps, a checkpoint, a resume to 6 = 6 steps straight.
+    Each rank must take its own entry of the checkpoint's per-rank states; rank 0's stream and dropout RNG on
+    rank 1 would give other batches and masks there."""
+    spawn(train_ranks, 2, str(tmp_path), "straight", [6])
+    spawn(train_ranks, 2, str(tmp_path), "resumed", [3, 6])
+    for rank in range(2):
+        straight, resumed = (torch.load(tmp_path / f"{name}-rank{rank}.pt") for name in ("straight", "resumed"))
+        differ = [key for key in straight if not torch.equal(straight[key], resumed[key])]
+        assert differ == [], f"rank {rank}: {len(differ)} of {len(straight)} differ, e.g. {differ[:4]}"
+
+
+def test_the_best_evaluation_so_far_survives_a_resume(tiny_config, tmp_path):
+    """Lost on a resume, the first evaluation after it would count as a new best and overwrite best.pt and
+    generator-best.pt, however bad it is."""
+    from distgan.engine.checkpoint import restore
+    from distgan.engine.state import TrainState
+
+    cfg = tiny_config("train.steps=2", "eval.every=2", "eval.metrics=[swd]", "eval.num_samples=32")
+    first = train_local(cfg, tmp_path / "run")
+    assert first.best and first.best["metric"] == "eval/swd"
+    payload = FolderCheckpoints(tmp_path / "run" / "checkpoints", 5).load_latest()
+    resumed = TrainState.create(cfg, torch.device("cpu"), Dist())
+    restore(resumed, payload, Dist())
+    assert resumed.best == first.best
