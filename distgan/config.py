@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distgan.errors import ConfigError, first_line
 
 SUPPORTED_IMAGE_SIZES = (16, 32, 64, 128)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -235,10 +236,11 @@ def validate(cfg: Config) -> None:
          f"the global batch {t.batch_size} is smaller than ray.num_workers={world_size(cfg)}: a worker would get none")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
-    need(t.gp_weight >= 0 and math.isfinite(t.gp_weight), "train.gp_weight", f"must be >= 0, got {t.gp_weight}")
+    # the optimizers and the loss hold these in float32: a larger number is no number there
+    need(0 <= t.gp_weight < FLOAT32_MAX, "train.gp_weight", f"must be >= 0 and finite in float32, got {t.gp_weight}")
     for key in ("lr_g", "lr_d"):
         lr = getattr(t, key)
-        need(lr > 0 and math.isfinite(lr), f"train.{key}", f"must be > 0, got {lr}")
+        need(0 < lr < FLOAT32_MAX, f"train.{key}", f"must be > 0 and finite in float32, got {lr}")
     for key in ("beta1", "beta2"):
         beta = getattr(t, key)
         need(0.0 <= beta < 1.0, f"train.{key}", f"must be in [0, 1), got {beta}")

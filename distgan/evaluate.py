@@ -19,6 +19,7 @@ from distgan.config import expand_home, from_dict, load_config, to_dict, validat
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import ensure_writable
+from distgan.errors import DataSourceError
 
 
 def build_config(run_config: dict, args: argparse.Namespace):
@@ -71,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(info["config"], args)
     from distgan.evaluation.evaluator import Evaluator, check_evaluation
 
-    check_evaluation(cfg)
+    try:
+        check_evaluation(cfg)
+    except DataSourceError as exc:
+        if args.data or not str(exc).startswith("data.source"):
+            raise
+        # the run's own data set, as the run saw it (a relative path means the run's working directory)
+        raise DataSourceError(f"{exc} (the run's data set: --data names the reference data)") from None
     evaluator = Evaluator(cfg, Dist(), device)
     results = evaluator(G.to(device))
     rows = [("generator", str(location)), ("step", str(info["step"])), ("generated", str(cfg.eval.num_samples)),

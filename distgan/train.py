@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from distgan.engine.run_folder import ensure_writable
         from distgan.launch.local import LocalLauncher
 
-        run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root")
+        run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root", keep=False)
         log.info("run directory: %s", run_dir.resolve())
         with LocalLauncher(cfg, run_dir) as launcher:
             state = train(cfg, launcher)

@@ -35,6 +35,7 @@ BAD = [
     (["train.n_critic=three"], "train.n_critic"),  # wrong type
     (["train.n_critic=0"], "train.n_critic"),  # impossible values
     (["train.lr_g=-1e-4"], "train.lr_g"),
+    (["train.lr_d=1e300"], "train.lr_d"),  # finite in Python, not in the optimizer's float32
     (["model.image_size=48"], "model.image_size"),
     (["train.batch_size=0"], "train.batch_size"),
     (["model.critic_dropout=1.5"], "model.critic_dropout"),

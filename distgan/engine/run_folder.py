@@ -55,12 +55,14 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str
     fsync_dir(path.parent)
 
 
-def ensure_writable(folder: Path, what: str) -> Path:
+def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
     """Creates folder and checks that a file can be written in it: a StorageError naming `what` now, not a
-    traceback after the work that was to be written there."""
+    traceback after the work that was to be written there. keep=False removes the folders it created (a check
+    that leaves no trace, for a caller that may still stop before writing anything)."""
     from distgan.errors import StorageError, first_line
 
     folder = Path(folder).expanduser()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     probe = folder / f".distgan-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,12 @@ def ensure_writable(folder: Path, what: str) -> Path:
         probe.unlink()
     except OSError as exc:
         raise StorageError(f"{what}: cannot write to {folder}: {first_line(exc)}") from None
+    finally:
+        for path in created if not keep else ():
+            try:
+                path.rmdir()
+            except OSError:
+                break
     return folder
 
 
