@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--modes: unknown {sorted(unknown)} ({', '.join(known)})" if unknown else
                         f"--modes: none given ({', '.join(known)})")
     if args.json:  # before the timing, not after it
-        ensure_writable(args.json.expanduser().parent, "--json")
+        ensure_writable(args.json.expanduser().parent, "--json", keep=False)
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     resolve_shards(cfg)
@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         results["eval"] = measure_eval(cfg, device)
     print(report(results, cfg))
     if args.json:
+        args.json.expanduser().parent.mkdir(parents=True, exist_ok=True)
         args.json.expanduser().write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0
 

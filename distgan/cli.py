@@ -44,7 +44,7 @@ def torch_device(name: str, what: str):
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Call main(); turn user errors into a one-line message and exit 2, a diverged run into one line and exit 1,
-    with no traceback."""
+    an interrupt into one line and exit 130, with no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code = main()
@@ -52,6 +52,6 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
         fail(str(exc))
     except Diverged as exc:
         fail(str(exc), status=1)
-    except KeyboardInterrupt:
-        fail("interrupted")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: the shell's status for it
+        fail("interrupted", status=130)
     sys.exit(code or 0)

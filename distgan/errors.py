@@ -24,6 +24,10 @@ class StorageError(UserError):
     """A run folder or checkpoint location that cannot be written or read."""
 
 
+class UnreadableFile(StorageError):
+    """A file that is there but does not read back (a copy cut short, a corrupt file): an older one may do."""
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite loss or gradient; the message is one line naming the step and the value.
     Not a user error (exit status 1), but printed as one line too."""

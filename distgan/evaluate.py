@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.json:  # checked before the work, which can take hours: not lost to a wrong path at the end
-        ensure_writable(args.json.expanduser().parent, "--json")
+        ensure_writable(args.json.expanduser().parent, "--json", keep=False)
     device = torch_device(args.device, "--device")
 
     G, info, location = load_newest_generator(expand_home(args.source))
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     if args.json:
+        args.json.expanduser().parent.mkdir(parents=True, exist_ok=True)
         args.json.expanduser().write_text(json.dumps({"generator": str(location), "step": info["step"],
                                          "num_samples": cfg.eval.num_samples, **results}, indent=1) + "\n")
     return 0

@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--num must be >= 0 and --grid >= 1")
     if args.interpolate == 1 or args.interpolate < 0 or args.strips < 1:
         raise UserError("--interpolate takes K >= 2 images per strip, --strips >= 1")
-    out = ensure_writable(Path(args.out), "--out")  # before the work, not after it
     device = torch_device(args.device, "--device")
     G, info, _ = load_newest_generator(expand_home(args.source), ema=not args.raw_generator)
+    out = ensure_writable(Path(args.out), "--out")  # before the work, not after it (and not for a wrong source)
     G = G.to(device)
     images = generate(G, max(args.num, args.grid), args.seed, device)
     save_image(grid(images[: args.grid]), out / "grid.png")

@@ -40,21 +40,24 @@ def main(argv: list[str] | None = None) -> int:
 
         resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
         run_dir, metrics, stop_signal = run_ray(cfg)
-        step = int(metrics.get("step", cfg.train.steps))
-    stopped = stop_signal is not None and step < cfg.train.steps
+        step = int(metrics["step"]) if "step" in metrics else None  # None: no report came back
+    stopped = stop_signal is not None and (step is None or step < cfg.train.steps)
+    step = cfg.train.steps if step is None and not stopped else step
     print(summary(run_dir, step, metrics, cfg.train.steps, stop_signal if stopped else None))
     # a run stopped before train.steps is not done: the shell's status for the signal (130 Ctrl-C, 143 SIGTERM), so
     # that `train && evaluate` or a job system that reruns failed jobs sees it
     return 128 + stop_signal if stopped else 0
 
 
-def summary(run_dir: str, step: int, metrics: dict, steps: int, stop_signal: Optional[int] = None) -> str:
-    """Where the run is and its best evaluation (metrics: loop.best_so_far's keys, among others)."""
+def summary(run_dir: str, step: Optional[int], metrics: dict, steps: int, stop_signal: Optional[int] = None) -> str:
+    """Where the run is and its best evaluation (metrics: loop.best_so_far's keys, among others); step None: the
+    run was stopped before it reported one."""
     if stop_signal is None:
         lines = [f"done at step {step}: {run_dir}"]
     else:
-        lines = [f"stopped at step {step} of {steps} ({signal.Signals(stop_signal).name}): {run_dir}",
-                 "  the same command resumes from its checkpoint"]
+        at = f"at step {step} of {steps}" if step is not None else f"before its first report (of {steps} steps)"
+        lines = [f"stopped {at} ({signal.Signals(stop_signal).name}): {run_dir}",
+                 "  the same command resumes from its newest checkpoint"]
     best = {k.removeprefix("best/eval/"): v for k, v in metrics.items() if k.startswith("best/eval/")}
     for name, value in best.items():
         lines.append(f"  best {name} {value:.4g} at step {int(metrics['best/step'])} (generators/generator-best.pt)")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
+import json
 import logging
 import math
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from distgan.cli import run_main
 from distgan.config import Config, to_dict, to_yaml
 from distgan.engine.run_folder import RunFolder
+from distgan.errors import ConfigError
 from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
 
 log = logging.getLogger("distgan.tune")
@@ -87,6 +90,32 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in text)
 
 
+SETTINGS = "search.json"  # what the search was started with: a rerun resumes it only with the same
+# what may change between the runs of one search: where its cluster is, how much Ray says
+MAY_CHANGE = {"ray.address", "ray.log_level"}
+
+
+def settings(cfg: Config, search: SearchConfig) -> dict[str, Any]:
+    """The training and search settings, flat ("train.lr_g": ...), as a resumed search must find them again."""
+    flat = {f"{section}.{key}": value for section, values in to_dict(cfg).items() for key, value in values.items()}
+    flat.update({f"search.{key}": value for key, value in dataclasses.asdict(search).items()})
+    return json.loads(json.dumps({key: value for key, value in flat.items() if key not in MAY_CHANGE}))  # as stored
+
+
+def check_same_search(folder: RunFolder, now: dict[str, Any]) -> None:
+    """Tune restores a search folder with the trials, space and sample count it was started with, whatever the
+    command says now: a rerun with other settings would report the old trials under the new settings."""
+    if not folder.exists(SETTINGS):
+        return
+    before = json.loads(folder.read_text(SETTINGS))
+    differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if differ:
+        said = ", ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise ConfigError(f"search.name={now['search.name']}: the search in {folder.location} was started with other "
+                          f"settings ({said}{more}): rerun it with its own, or give another search.name")
+
+
 def best_config(cfg: Config, search: SearchConfig, params: dict[str, Any], checkpoint_every: int) -> str:
     best = apply_params(cfg, params)
     best.run.name = f"{search.name}-best"
@@ -126,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from distgan.launch.asha import ResumableASHA
 
+    check_same_search(RunFolder(search_dir), settings(cfg, search))  # before Ray: a rerun must be the same search
     started_here = connect(cfg)
     if started_here:
-        check_fits(worker_resources(cfg), cfg.ray.num_workers, ray.cluster_resources(), " for one trial")
+        room = dict(ray.cluster_resources())
+        room["CPU"] = room.get("CPU", 0) - search.driver_cpus  # the trial's own driver takes its share first
+        check_fits(worker_resources(cfg), cfg.ray.num_workers, room,
+                   f" for one trial (besides its driver's search.driver_cpus={search.driver_cpus:g})")
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=to_dict(cfg), search={"dir": search_dir, "metric": search.metric}),
         {"CPU": search.driver_cpus})
@@ -144,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("PBT with a population of %d, of which only %d fit at once: the rest wait for a free slot "
                         "and are compared with trials that have moved on", search.num_samples, at_once)
         RunFolder(experiment).remove(ResumableASHA.RECORDS)  # a search started afresh in a folder not restorable
+        RunFolder(search_dir).write_text(SETTINGS, json.dumps(settings(cfg, search), indent=1, sort_keys=True))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,

@@ -37,6 +37,17 @@ def test_unwritable_places_are_named_before_any_work(tmp_path, demo_cache):
     assert result.returncode == 2 and error_line(result).startswith(f"error: run.root: cannot write to {a_file}/")
 
 
+def test_the_default_device_on_a_gpu_machine(monkeypatch):
+    """train.device=auto (the default) takes the GPU where there is one. This machine has none: CUDA's answers are
+    mocked (the one boundary here that cannot be real), as torch gives them with one GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto") == pick_device("cuda") == torch.device("cuda", 0)
+    assert torch_device("cuda:0", "--device") == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="^--device=cuda:1, but torch sees 1 CUDA device$"):
+        torch_device("cuda:1", "--device")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
 def test_a_device_that_is_not_there_is_a_user_error():
     with pytest.raises(UserError, match="^train.device=cuda, but torch sees no CUDA device"):
@@ -61,18 +72,45 @@ def test_resuming_with_another_model_is_refused_and_the_run_kept(tiny_config, tm
     assert train_local(tiny_config("train.steps=3", "model.critic_dropout=0.0", "train.batch_size=8"), run).step == 3
 
 
-def test_a_cut_short_generator_export_falls_back_and_outputs_are_checked_first(tiny_config, tmp_path, caplog):
+def test_a_cut_short_generator_export_falls_back_and_outputs_are_checked_first(tiny_config, tmp_path, caplog,
+                                                                                 monkeypatch):
+    import distgan.evaluate
+    import distgan.evaluation.evaluator
+    import distgan.sample
+
     run = tmp_path / "run"
-    train_local(tiny_config("train.steps=4", "log.checkpoint_every=2"), run)
-    newest = run / "generators" / "generator-00000004.pt"
+    train_local(tiny_config("train.steps=6", "log.checkpoint_every=2"), run)
+    # a mistake other than an unreadable file is the answer at once, not a walk back through older exports
+    with pytest.raises(UserError, match="generator-00000006.pt is a generator export"):
+        load_newest_generator(run, ema=False)
+    assert "trying the export before it" not in caplog.text
+    newest = run / "generators" / "generator-00000006.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
     G, info, used = load_newest_generator(run)
-    assert info["step"] == 2 and used.endswith("generator-00000002.pt")
-    assert "generator-00000004.pt" in caplog.text
+    assert info["step"] == 4 and used.endswith("generator-00000004.pt")
+    assert "generator-00000006.pt" in caplog.text
+
+    # a place that cannot be written is found before the work: the work is never started
     a_file = tmp_path / "a-file"
     a_file.write_text("")
+    work = []
+    monkeypatch.setattr(distgan.sample, "generate", lambda *args, **kwargs: work.append("sampled"))
+    monkeypatch.setattr(distgan.evaluation.evaluator, "Evaluator", lambda *args, **kwargs: work.append("evaluated"))
+    with pytest.raises(StorageError, match="^--out: cannot write to"):
+        distgan.sample.main([str(run), "--out", str(a_file / "out"), "--num", "1"])
+    with pytest.raises(StorageError, match="^--json: cannot write to"):
+        distgan.evaluate.main([str(run), "--metrics", "swd", "--json", str(a_file / "m.json")])
+    assert work == []
     sampled = run_module("distgan.sample", str(run), "--out", str(a_file / "out"), "--num", "1", timeout=120)
     assert sampled.returncode == 2 and error_line(sampled).startswith("error: --out: cannot write to")
-    evaluated = run_module("distgan.evaluate", str(run), "--metrics", "swd", "--json", str(a_file / "m.json"),
-                           timeout=120)
-    assert evaluated.returncode == 2 and error_line(evaluated).startswith("error: --json: cannot write to")
+
+
+def test_an_interrupt_outside_training_exits_130_with_one_line(capsys):
+    from distgan.cli import run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(interrupted)
+    assert exit_.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"

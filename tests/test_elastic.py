@@ -11,7 +11,7 @@ before it retries with 1.
 It ends with `ray job stop`, as docs/cluster.md section 6 says to stop a job: SIGTERM to the driver, then SIGKILL
 after RAY_JOB_STOP_WAIT_TIME_S (3 s by default). With the wait raised in the runtime env the run ends cleanly,
 its newest registered checkpoint the one of the step it stopped at (with Ray's 3 s it is killed first). That the
-stop itself writes the checkpoint, also off the schedule, tests/test_ray.py's SIGTERM test shows.
+stop itself writes the checkpoint, also off the schedule, tests/test_ray.py's Ctrl-C test shows.
 """
 
 import json

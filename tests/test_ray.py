@@ -123,7 +123,7 @@ s3fs.S3FileSystem().get(sys.argv[1], sys.argv[2], recursive=True)
 
 
 def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_cache):
-    """Shards and run folder on S3 (moto's server standing in for a bucket). SIGTERM to the driver ends the run at
+    """Shards and run folder on S3 (moto's server standing in for a bucket). Ctrl-C to the driver ends the run at
     the next log step with a checkpoint (none was due); the rerun resumes from it, on one continuous step axis."""
     from distgan.data.demo import ensure_demo_shards
 
@@ -133,11 +133,11 @@ def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_ca
     log = tmp_path / "log.txt"
     proc = start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", "train.steps=400"), *storage], log)
     wait_for(lambda: "step 5/400" in log.read_text(), 300, "training to start")
-    proc.send_signal(signal.SIGTERM)
-    text = finish(proc, log, returncode=128 + signal.SIGTERM)  # stopped before train.steps: not done
+    proc.send_signal(signal.SIGINT)  # Ctrl-C (SIGTERM: test_elastic.py's `ray job stop`)
+    text = finish(proc, log, returncode=128 + signal.SIGINT)  # stopped before train.steps: not done
     stopped = int(re.findall(r"stopped at step (\d+) with a checkpoint", text)[-1])
     assert 0 < stopped < 400 and stopped % 5 == 0
-    assert f"stopped at step {stopped} of 400 (SIGTERM)" in text  # the driver's summary
+    assert f"stopped at step {stopped} of 400 (SIGINT)" in text  # the driver's summary
     log2 = tmp_path / "log2.txt"
     text = finish(start_train(cluster, [*overrides(tmp_path, demo_cache, "s3run", f"train.steps={stopped + 10}"),
                                         *storage], log2), log2)
@@ -145,7 +145,7 @@ def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_ca
 
     in_cluster_network(cluster, DOWNLOAD, "s3://distgan-test/runs/s3run", str(tmp_path / "copy"))
     run_dir = tmp_path / "copy"
-    assert checkpoints(run_dir) == [stopped, stopped + 10]  # SIGTERM's, then the end's
+    assert checkpoints(run_dir) == [stopped, stopped + 10]  # the Ctrl-C's, then the end's
     assert logged_steps(run_dir) == list(range(5, stopped + 11, 5))  # two runs' event files, one step axis
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png"))[-1] == f"step-{stopped + 10:08d}.png"
     assert sorted(p.name for p in (run_dir / "workers").iterdir()) == ["rank-0.json", "rank-1.json"]

@@ -68,11 +68,14 @@ def test_ctrl_c_to_the_terminal_checkpoints_once_and_exits_130(tmp_path, demo_ca
         deadline = time.time() + 120
         while "step 4/1000" not in log.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
+        assert "step 4/1000" in log.read_text(), log.read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGINT)  # its own new session: the trainer and its loader workers, no one else
         proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (the group's id is the trainer's PID)
+        except ProcessLookupError:
+            pass
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert text.count("SIGINT: stopping at the next log step") == 1, text[-3000:]

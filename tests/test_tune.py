@@ -227,6 +227,12 @@ def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster,
 
 @pytest.mark.parametrize("override, message", [
     ("search.space.model.nonsense={choice: [1]}", "search.space.model.nonsense: is not a training config key"),
+    # every value a trial can get is a valid training value, checked before any trial (not a failed trial each)
+    ("search.space.train.n_critic={choice: [1, 0]}", "search.space.train.n_critic: 0 is not a valid value: "
+                                                     "train.n_critic: must be >= 1"),
+    ("search.space.train.lr_g=loguniform(1e-4,1e-3)", "search.space.train.lr_g: 'loguniform(1e-4,1e-3)' is not a "
+                                                      "valid value"),
+    ("train.steps=50", "search.asha.grace_period: ASHA's first rung, at step 100"),  # eval.every=100: never reached
     ("search.space.train.n_critic={choice: []}", "search.space.train.n_critic: choice needs a non-empty list"),
     ("search.space.train.lr_g={uniform: [0.1, 0.01]}", "search.space.train.lr_g: uniform needs low < high"),
     ("search.space.train.lr_g={loguniform: [0, 0.01]}", "search.space.train.lr_g: loguniform needs low > 0"),
@@ -239,3 +245,44 @@ def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override,
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr[-500:]
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_a_rerun_of_a_search_must_bring_its_settings(tmp_path, demo_cache):
+    """Tune restores a search with the trials, space and sample count it began with, whatever the command says: a
+    rerun with other settings is refused before Ray starts, naming what differs; the same settings pass."""
+    from distgan.engine.run_folder import RunFolder
+    from distgan.errors import ConfigError
+    from distgan.launch.search import load_search
+    from distgan.tune import SETTINGS, check_same_search, settings
+
+    folder = RunFolder(str(tmp_path / "search"))
+    first = settings(*load_search(str(ROOT / "configs" / "tune-demo.yaml"), ["model.width=8"]))
+    folder.write_text(SETTINGS, json.dumps(first))
+    check_same_search(folder, settings(*load_search(str(ROOT / "configs" / "tune-demo.yaml"), ["model.width=8"])))
+    again = settings(*load_search(str(ROOT / "configs" / "tune-demo.yaml"), ["model.width=16", "search.num_samples=3",
+                                                                             "ray.address=10.0.0.1:6379"]))
+    with pytest.raises(ConfigError, match=r"started with other settings \(model.width: 8 -> 16, search.num_samples: "
+                                          r"4 -> 3\)"):
+        check_same_search(folder, again)
+
+    (tmp_path / "runs" / "demo-asha").mkdir(parents=True)
+    (tmp_path / "runs" / "demo-asha" / SETTINGS).write_text(json.dumps(first))
+    result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", f"run.root={tmp_path / 'runs'}",
+                        f"data.cache_dir={demo_cache}", env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: search.name=demo-asha: the search in "), result.stderr[-500:]
+
+
+def test_a_trial_the_local_cluster_cannot_hold_besides_its_driver_is_refused(tmp_path, demo_cache):
+    """Workers that fill every core leave none for the trial's own driver (search.driver_cpus): the trial would
+    wait for its workers forever."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", *TINY, f"run.root={tmp_path}",
+                        f"data.cache_dir={demo_cache}", "ray.num_workers=1", f"ray.cpus_per_worker={cores}",
+                        env={"RAY_ADDRESS": ""}, timeout=240)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "besides its driver's search.driver_cpus=0.1" in result.stderr.strip().splitlines()[-1], \
+        result.stderr[-1000:]

@@ -196,12 +196,12 @@ def loader_workers(requested: int, cpus: float) -> int:
     return requested if requested >= 0 else max(0, min(8, int(cpus) - 2))
 
 
-def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """A loader worker ignores SIGINT and SIGTERM: the training process stops it when it stops itself, after its
-    final checkpoint. (A Ctrl-C reaches the terminal's whole process group, and forked workers inherit the trainer's
-    handler, which would log the stop once per worker.)"""
+def leave_ctrl_c_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores SIGINT: the training process stops it when it stops itself, after its final
+    checkpoint. (A Ctrl-C reaches the terminal's whole process group, and forked workers inherit the trainer's
+    handler, which would log the stop once per worker.) SIGTERM keeps torch's worker handler, by which the trainer
+    ends a worker stuck in a read."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class RealBatches:
@@ -227,7 +227,7 @@ class RealBatches:
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
-            worker_init_fn=leave_stop_signals_to_the_trainer,
+            worker_init_fn=leave_ctrl_c_to_the_trainer,
             # its own RNG: drawing the loader's base seed from the global RNG would shift the dropout masks
             generator=torch.Generator().manual_seed(stream.seed),
         )

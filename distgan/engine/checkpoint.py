@@ -26,7 +26,7 @@ from distgan.config import Config, from_dict, to_dict
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import write_durably
 from distgan.engine.state import TrainState
-from distgan.errors import StorageError, UserError, first_line
+from distgan.errors import StorageError, UnreadableFile, UserError, first_line
 from distgan.models import Generator, build_models
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,8 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
     except FileNotFoundError:
         raise UserError(f"{location} does not exist") from None
     except Exception as exc:
-        raise UserError(f"{location} is not a distgan checkpoint or generator export: {first_line(exc)}") from None
+        raise UnreadableFile(f"{location} is not a distgan checkpoint or generator export: {first_line(exc)}") \
+            from None
     kind = data.get("format") if isinstance(data, dict) else None
     if kind == EXPORT_FORMAT:
         if not ema:
@@ -238,12 +239,13 @@ def find_generators(location: str | Path) -> list[str]:
 
 def load_newest_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any], str]:
     """load_generator of a file, or of a run folder's newest readable export: an unreadable newest one (a copy cut
-    short) is reported and the one before it used, as for checkpoints. Returns (generator, facts, its file)."""
+    short) is reported and the one before it used, as for checkpoints; any other error is the answer. Returns
+    (generator, facts, its file)."""
     candidates = find_generators(location)
     for i, candidate in enumerate(candidates):
         try:
             return (*load_generator(candidate, ema), candidate)
-        except UserError as exc:
+        except UnreadableFile as exc:
             if i + 1 == len(candidates):
                 raise
             log.warning("%s: trying the export before it", exc)

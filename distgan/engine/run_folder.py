@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -63,11 +64,11 @@ def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
 
     folder = Path(folder).expanduser()
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-    probe = folder / f".distgan-probe-{os.getpid()}"
+    probe = folder / f".distgan-probe-{uuid.uuid4().hex}"  # unique on a filesystem that several hosts share
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         raise StorageError(f"{what}: cannot write to {folder}: {first_line(exc)}") from None
     finally:

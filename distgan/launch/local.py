@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def pick_device(name: str) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    torch_device(name, "train.device")  # cuda where there is none: a UserError
+    torch_device("cuda", "train.device")  # cuda where there is none: a UserError
     return torch.device("cuda", 0)
 
 

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from distgan.config import Config, config_from_mapping, read_mapping, to_dict
-from distgan.errors import ConfigError
+from distgan.errors import ConfigError, first_line
 
 KINDS = ("choice", "uniform", "loguniform", "grid")
 SCHEDULERS = ("asha", "pbt")
@@ -108,7 +108,16 @@ def validate_search(cfg: Config, s: SearchConfig) -> None:
         need(isinstance(section, dict) and parts[1] in section, f"space.{key}", "is not a training config key")
         need(parts[0] not in ("run",), f"space.{key}", "run.* cannot be searched (each trial has its own folder)")
         check_domain(f"space.{key}", spec, need)
+        check_values(cfg, key, spec)
+    if s.scheduler == "asha":
+        first_rung = max(cfg.eval.every, int(s.asha.get("grace_period", 0)))
+        need(first_rung <= cfg.train.steps, "asha.grace_period",
+             f"ASHA's first rung, at step {first_rung} (the larger of eval.every and search.asha.grace_period), is "
+             f"past train.steps={cfg.train.steps}")
     if s.scheduler == "pbt":
+        need(cfg.eval.every < cfg.train.steps, "pbt",
+             f"PBT exploits at the evaluations before the last step: eval.every={cfg.eval.every} must be below "
+             f"train.steps={cfg.train.steps}")
         for key in s.space:
             need(key in PBT_MUTABLE, f"space.{key}",
                  f"PBT can only mutate {', '.join(PBT_MUTABLE)} in a live run (search it with asha instead)")
@@ -133,6 +142,22 @@ def check_domain(where: str, spec: Any, need) -> None:
     low, high = values
     need(math.isfinite(low) and math.isfinite(high) and low < high, where, f"{kind} needs low < high, got {values}")
     need(kind != "loguniform" or low > 0, where, f"loguniform needs low > 0, got {low}")
+
+
+def check_values(cfg: Config, key: str, spec: Any) -> None:
+    """Every value a trial can get for key (a plain value, each choice or grid value, both bounds) is valid in the
+    training config: a mistake is one line now, not a failed trial per value after Ray has started."""
+    if not isinstance(spec, dict):
+        values = [spec]
+    else:
+        values = next(iter(spec.values()))
+    for value in values:
+        try:
+            apply_params(cfg, {key: value})
+        except ConfigError as exc:
+            raise ConfigError(f"search.space.{key}: {value!r} is not a valid value: {exc}") from None
+        except Exception as exc:  # the config's types (a string for a float key)
+            raise ConfigError(f"search.space.{key}: {value!r} is not a valid value: {first_line(exc)}") from None
 
 
 def tune_domain(spec: Any):
