@@ -241,7 +241,8 @@ def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster,
 ])
 def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override, message):
     result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", f"run.root={tmp_path}",
-                        f"data.cache_dir={demo_cache}", override, env={"RAY_ADDRESS": "127.0.0.1:1"})
+                        f"data.cache_dir={demo_cache}", override, env={"RAY_ADDRESS": "127.0.0.1:1"},
+                        timeout=60)  # past the check, the search would wait for a cluster that is not there
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr[-500:]
     assert not list(tmp_path.iterdir()), "nothing written"
@@ -282,7 +283,7 @@ def test_a_trial_the_local_cluster_cannot_hold_besides_its_driver_is_refused(tmp
     cores = len(os.sched_getaffinity(0))
     result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", *TINY, f"run.root={tmp_path}",
                         f"data.cache_dir={demo_cache}", "ray.num_workers=1", f"ray.cpus_per_worker={cores}",
-                        env={"RAY_ADDRESS": ""}, timeout=240)
+                        env={"RAY_ADDRESS": ""}, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "besides its driver's search.driver_cpus=0.1" in result.stderr.strip().splitlines()[-1], \
         result.stderr[-1000:]
