@@ -104,7 +104,8 @@ def settings(cfg: Config, search: SearchConfig) -> dict[str, Any]:
 
 def check_same_search(folder: RunFolder, now: dict[str, Any]) -> None:
     """Tune restores a search folder with the trials, space and sample count it was started with, whatever the
-    command says now: a rerun with other settings would report the old trials under the new settings."""
+    command says now: a rerun with other settings would report the old trials under the new settings. (A search
+    begun before distgan wrote its settings has none to compare.)"""
     if not folder.exists(SETTINGS):
         return
     before = json.loads(folder.read_text(SETTINGS))
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from distgan.launch.asha import ResumableASHA
 
-    check_same_search(RunFolder(search_dir), settings(cfg, search))  # before Ray: a rerun must be the same search
+    experiment = f"{search_dir}/tune"
+    if tune.Tuner.can_restore(experiment):  # a search Tune would resume (not one that failed before it began)
+        check_same_search(RunFolder(search_dir), settings(cfg, search))  # before the cluster: one line at once
     started_here = connect(cfg)
     if started_here:
         room = dict(ray.cluster_resources())
@@ -166,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         tune.with_parameters(trial_driver, base=to_dict(cfg), search={"dir": search_dir, "metric": search.metric}),
         {"CPU": search.driver_cpus})
     param_space = {key: tune_domain(spec) for key, spec in search.space.items()}
-    experiment = f"{search_dir}/tune"
     if tune.Tuner.can_restore(experiment):
         print(f"resuming the search in {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -266,8 +266,10 @@ def test_a_rerun_of_a_search_must_bring_its_settings(tmp_path, demo_cache):
                                           r"4 -> 3\)"):
         check_same_search(folder, again)
 
-    (tmp_path / "runs" / "demo-asha").mkdir(parents=True)
+    (tmp_path / "runs" / "demo-asha" / "tune").mkdir(parents=True)
     (tmp_path / "runs" / "demo-asha" / SETTINGS).write_text(json.dumps(first))
+    # a search Tune would resume (its state file; the check leaves alone a search that failed before it began)
+    (tmp_path / "runs" / "demo-asha" / "tune" / "tuner.pkl").write_bytes(b"")
     result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", f"run.root={tmp_path / 'runs'}",
                         f"data.cache_dir={demo_cache}", env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
