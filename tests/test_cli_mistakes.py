@@ -114,3 +114,16 @@ def test_an_interrupt_outside_training_exits_130_with_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         run_main(interrupted)
     assert exit_.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_a_ray_run_resumed_with_another_model_is_refused_before_the_cluster(tiny_config, tmp_path):
+    """In Ray mode the driver answers from the run's generator export, in one line, before it starts or joins a
+    cluster (here an address where none listens: reaching for it would fail otherwise)."""
+    train_local(tiny_config("train.steps=2", "log.checkpoint_every=2"), tmp_path / "runs" / "r")
+    result = run_module("distgan.train", "run.mode=ray", f"run.root={tmp_path / 'runs'}", "run.name=r",
+                        "model.image_size=16", "model.z_dim=16", "model.width=4", "model.critic_dropout=0.0",
+                        "data.demo_images=512", f"data.cache_dir={tiny_config().data.cache_dir}", "train.steps=4",
+                        env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=60)
+    assert result.returncode == 2
+    assert error_line(result).startswith("error: run r resumes from step 2, whose model differs: model.width=4 "
+                                         "(the run's: 8)")

@@ -93,6 +93,25 @@ def refuse_relative_root_in_job(cfg: Config) -> None:
                         f"copy of the working directory: give a shared absolute path or a URL (s3://, gs://)")
 
 
+def check_resumed_model(cfg: Config) -> None:
+    """A run resumed with another model: one line from the driver before the cluster starts, not the same error
+    as a traceback from every worker. The run's newest readable generator export (small, and written with every
+    checkpoint) carries its model; the workers check the checkpoint itself again."""
+    from distgan.engine.checkpoint import check_same_model, find_generators, read_file
+
+    try:
+        exports = find_generators(run_dir_of(cfg))
+    except UserError:  # no run folder, or no export yet: nothing to resume with a model
+        return
+    for location in exports:
+        try:
+            export = read_file(location)
+        except Exception:  # cut short: an older one will do (the workers report unreadable checkpoints)
+            continue
+        check_same_model({"config": {"model": export["model"]}, "step": export["step"]}, cfg)
+        return
+
+
 def check_storage(cfg: Config) -> RunFolder:
     """The run folder every worker must write to: found unwritable now, in one line, not from N tracebacks."""
     folder = RunFolder(run_dir_of(cfg))
@@ -146,6 +165,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
 
     refuse_relative_root_in_job(cfg)
     cfg = with_absolute_paths(cfg)
+    check_resumed_model(cfg)
     if connect(cfg):
         check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())
     folder = check_storage(cfg)  # after the checks that refuse a run: a refused run leaves no folder behind
