@@ -62,7 +62,12 @@ def test_nan_stops_the_run_and_no_checkpoint_holds_it(tiny_config, tmp_path, nan
     assert exports == ["generator-00000002.pt", "generator-00000004.pt"]
 
 
-def test_rollback_reloads_the_last_good_checkpoint_and_finishes(tiny_config, tmp_path, nan_batch_once):
+def test_rollback_reloads_the_last_good_checkpoint_and_finishes(tiny_config, tmp_path, nan_batch_once, monkeypatch):
+    # event files are named <second>.<host>.<pid>.<a counter of writers in the process>: let the rollback's writer
+    # be the one numbered 10 after 9, which sorts first when both are opened within one second (as in a CI run)
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
     cfg = tiny_config("train.steps=10", "log.every=1", "log.checkpoint_every=2", "log.keep_checkpoints=10",
                       "train.on_nonfinite=rollback", "train.max_rollbacks=1")
     nan_batch_once["at"] = 9
@@ -74,6 +79,8 @@ def test_rollback_reloads_the_last_good_checkpoint_and_finishes(tiny_config, tmp
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     events = acc.Scalars("loss/critic")
     assert [e.step for e in events] == list(range(1, 11)), "the rolled-back step 5 is logged once, finite"
+    # and deterministically, not only when both files fall in one second: no second event file to sort wrongly
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert all(math.isfinite(e.value) for e in events)
 
 

@@ -7,6 +7,7 @@ import time
 from typing import Optional
 
 import torch
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -30,10 +31,15 @@ class RunLogger:
         self.last_line = time.time()
 
     def restart_at(self, step: int) -> None:
-        """After a rollback to step: TensorBoard drops what was logged past it, as after a resume."""
-        log_dir = self.writer.log_dir
-        self.writer.close()
-        self.writer = SummaryWriter(log_dir=log_dir, purge_step=step + 1)
+        """After a rollback to step: TensorBoard drops what was logged past it, as after a resume. The restart
+        marker goes into the same event file, as SummaryWriter(purge_step=...) writes it into a new one: a new file
+        could sort before the old one (files are named <second>.<host>.<pid>.<counter>, and counter 10 sorts before
+        9 within a second), and TensorBoard reads them in name order, so it would drop the steps after the rollback."""
+        marker = step + 1
+        writer = self.writer.file_writer
+        writer.add_event(Event(step=marker, file_version="brain.Event:2"))
+        writer.add_event(Event(step=marker, session_log=SessionLog(status=SessionLog.START)))
+        writer.flush()
 
     def config(self, yaml_text: str) -> None:
         self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
