@@ -122,7 +122,7 @@ s3fs.S3FileSystem().get(sys.argv[1], sys.argv[2], recursive=True)
 """
 
 
-def test_object_storage_sigterm_checkpoint_and_resume(cluster, tmp_path, demo_cache):
+def test_object_storage_ctrl_c_checkpoint_and_resume(cluster, tmp_path, demo_cache):
     """Shards and run folder on S3 (moto's server standing in for a bucket). Ctrl-C to the driver ends the run at
     the next log step with a checkpoint (none was due); the rerun resumes from it, on one continuous step axis."""
     from distgan.data.demo import ensure_demo_shards
