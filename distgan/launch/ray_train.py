@@ -97,19 +97,13 @@ def check_resumed_model(cfg: Config) -> None:
     """A run resumed with another model: one line from the driver before the cluster starts, not the same error
     as a traceback from every worker. The run's newest readable generator export (small, and written with every
     checkpoint) carries its model; the workers check the checkpoint itself again."""
-    from distgan.engine.checkpoint import check_same_model, find_generators, read_file
+    from distgan.engine.checkpoint import check_same_model, load_newest_generator
 
     try:
-        exports = find_generators(run_dir_of(cfg))
-    except UserError:  # no run folder, or no export yet: nothing to resume with a model
+        _, facts, _ = load_newest_generator(run_dir_of(cfg))  # an unreadable newest export: the one before it
+    except UserError:  # no run folder, no export yet, none readable: the workers decide
         return
-    for location in exports:
-        try:
-            export = read_file(location)
-        except Exception:  # cut short: an older one will do (the workers report unreadable checkpoints)
-            continue
-        check_same_model({"config": {"model": export["model"]}, "step": export["step"]}, cfg)
-        return
+    check_same_model({"config": {"model": facts["config"]["model"]}, "step": facts["step"]}, cfg)
 
 
 def check_storage(cfg: Config) -> RunFolder:
