@@ -190,14 +190,16 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster, tmp_path, demo_cache):
-    # one trial much worse than the other from the start (generator learning rates 7e-4 and 2e-6, sampled with a
-    # fixed seed), so that the ranking holds still between reports. Asynchronous PBT saves a donor's checkpoint when
-    # the better trial reports second at a perturbation step (20, 40, 60; the last step is never handed to the
-    # scheduler), and exploits it at the worse trial's next report: at step 40, or at 60 if the two swapped order
-    # once. The exploited trial then trains on to step 80.
+    # One trial sound, one wrecked from the start (generator learning rates 5e-4 and 1e-1, sampled with a fixed seed),
+    # so that the ranking holds at every report. (Sampled rates of 7e-4 and 2e-6 gave SWDs that differ by noise at
+    # steps 20-60, about 0.218 against 0.220: in one CI run each report ranked its trial on top and PBT never
+    # exploited.) Asynchronous PBT ranks a reporting trial against the other's latest score: on top, its checkpoint
+    # becomes the donor's; below, it clones the donor's checkpoint, or skips if there is none yet. Alone with a score
+    # (the first report at step 20), it is neither. So the wrecked trial exploits at step 20, 40 or 60, depending
+    # on the order of the reports (the last step is never handed to the scheduler), then trains on to step 80.
     search = ["search.name=pbt", "search.scheduler=pbt", "search.num_samples=2", "train.steps=80", "eval.every=20",
               "search.pbt.resample_probability=1.0", "search.space.train.n_critic={choice: [1, 2, 3]}",
-              "search.space.train.lr_g={loguniform: [1.0e-6, 1.0e-3]}", "search.seed=4",
+              "search.space.train.lr_g={choice: [1.0e-1, 5.0e-4]}", "search.seed=6",
               "log.keep_checkpoints=10"]  # the donor's checkpoint is read back below
     run_tune(ray_cluster, tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search), tmp_path / "pbt.log")
     search_dir = tmp_path / "runs" / "pbt"
@@ -206,6 +208,8 @@ def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster,
     exploits = sorted((s for s in starts if s["exploit"]), key=lambda s: s["step"])
     assert exploits, f"PBT never exploited: {starts}"
     target_id, donor_step, new_config = exploits[0]["trial"], exploits[0]["step"], exploits[0]["config"]
+    assert scalars(search_dir / "trials" / target_id, "lr/generator")[10] == pytest.approx(0.1), \
+        "the wrecked trial clones the sound one, not the other way round"
     donor_state = torch.load(Path(exploits[0]["from"]) / "checkpoint.pt", weights_only=False)["state"]
     # the exploited trial's later Train run (it starts from the donor's checkpoint under a new name)
     run = f"{target_id}-from-{hashlib.sha1(exploits[0]['from'].encode()).hexdigest()[:10]}"
