@@ -9,6 +9,7 @@ Writes to <search.storage or run.root>/<search.name>/: Tune's own folder (trial 
 train/ (Ray Train's checkpoints of every trial), trials/<trial>/ (TensorBoard, samples, generator exports: view
 them together with `tensorboard --logdir .../trials`), trials.csv and best.yaml (a config that
 `python -m distgan.train --config` takes unchanged). Rerunning with the same search.name resumes the search.
+Ctrl-C or SIGTERM saves the search's state and exits 130 or 143 (docs/tune.md, "Stopping a search").
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import io
 import json
 import logging
 import math
+import os
+import signal
 from typing import Any
 
 from distgan.cli import run_main
@@ -49,6 +52,30 @@ def trial_count(search: SearchConfig) -> int:
         if isinstance(spec, dict) and "grid" in spec:
             count *= len(spec["grid"])
     return count
+
+
+class Interrupts:
+    """Tune stops a search gracefully on SIGINT alone: fit() saves the search's state, stops the trials and returns,
+    as it does at the end. SIGTERM (what `ray job stop` sends) would end the driver wherever it is: here it becomes
+    that SIGINT. Whether fit() returned for an interrupt: Tune's handler puts back the SIGINT handler it found (this
+    one) when it takes the first SIGINT, and stays installed otherwise (Ray 2.60, ray/tune/tune.py)."""
+
+    def __init__(self) -> None:
+        self.signal = signal.SIGINT
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigint(self, signum, frame) -> None:  # before fit(), or a second Ctrl-C: stop at once
+        raise KeyboardInterrupt
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.signal = signal.SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends at once
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def stopped_fit(self) -> bool:
+        tune_handles_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+        return tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint
 
 
 def scheduler(cfg: Config, search: SearchConfig, experiment: str):
@@ -194,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             run_config=tune.RunConfig(name="tune", storage_path=search_dir, verbose=1, stop={"step": cfg.train.steps},
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),  # tiny pointers
         )
+    interrupts = Interrupts()
     results = tuner.fit()
+    if interrupts.stopped_fit():
+        print(f"search interrupted ({interrupts.signal.name}): the same command resumes it (search state: "
+              f"{experiment})")
+        return 128 + interrupts.signal.value  # the shell's status (130 for Ctrl-C); no trials.csv, no best.yaml
 
     rows = trial_rows(results, cfg, search)
     folder = RunFolder(search_dir)

@@ -152,6 +152,37 @@ def test_asha_search_interrupted_resumes_and_frees_the_cluster(ray_cluster, tmp_
     assert "done at step 10" in trained.stdout
 
 
+def test_a_stopped_search_says_so_and_the_same_command_resumes_it(ray_cluster, tmp_path, demo_cache):
+    """SIGTERM (what `ray job stop` sends; distgan turns it into Tune's graceful Ctrl-C) once the trial has reported:
+    the search saves its state, says it was interrupted and exits 143, with no trials.csv or best.yaml of a search
+    that has not ended (before, it exited 0 with the running trials as "stopped early" and a best.yaml). The same
+    command then resumes the trial from its own checkpoint and finishes."""
+    search = ["search.name=stopped", "search.num_samples=1", "train.steps=100", "eval.every=20"]
+    args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
+    search_dir = tmp_path / "runs" / "stopped"
+    env = {**ENV, "RAY_ADDRESS": ray_cluster.address}
+    log = tmp_path / "first.log"
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    # the trial's first report, with its checkpoint (Tune's result files are written later, in batches)
+    while not list((search_dir / "tune").glob("*/checkpoint_000000")) and time.time() < deadline:
+        assert first.poll() is None, log.read_text()[-5000:]
+        time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)  # the search's driver, by its PID
+    assert first.wait(timeout=120) == 143, log.read_text()[-5000:]
+    assert any(line.startswith("search interrupted (SIGTERM): the same command resumes it")
+               for line in log.read_text().splitlines()), log.read_text()[-3000:]  # Ray's log lines may follow
+    assert not (search_dir / "trials.csv").exists() and not (search_dir / "best.yaml").exists()
+
+    text = run_tune(ray_cluster, args, tmp_path / "second.log")
+    assert "resuming the search" in text
+    rows = list(csv.DictReader((search_dir / "trials.csv").read_text().splitlines()))
+    assert [(r["status"], r["steps"]) for r in rows] == [("completed", "100")], rows
+    starts = [json.loads(line) for f in (search_dir / "trials").glob("*/starts.jsonl")
+              for line in f.read_text().splitlines()]
+    assert len(starts) == 1 and not starts[0]["exploit"] and starts[0]["step"] >= 20, starts  # its own checkpoint
+
+
 def test_asha_keeps_its_rung_records_when_the_search_is_resumed(tmp_path, caplog):
     """Tune restores a search's scheduler as it was pickled at the start (empty rungs). A trial reaching the rung after
     the resume must still be measured against the results recorded before the interruption."""
