@@ -171,6 +171,9 @@ def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> 
         return ConfigError(f"{key}: a list, written {key}=[{value}]")
     if isinstance(node, DictConfig):
         return ConfigError(f"{key} is a section, not a value: set its keys, e.g. {key}.KEY={value}")
+    if not value.strip():  # YAML reads nothing as null
+        return ConfigError(f"{key}: no value after '=' (an empty string is written {key}=\"\", with the quotes "
+                           f"quoted for the shell: '{key}=\"\"')")
     return ConfigError(_one_line(exc))
 
 

@@ -51,6 +51,7 @@ BAD = [
     (["speed.gemm_first_conv=maybe"], "speed.gemm_first_conv"),
     (["eval.metrics=swd"], "eval.metrics=[swd]"),  # a list written as a value: how to write it
     (["train=5"], "train.KEY=5"),  # a section given a value
+    (["ray.address="], 'ray.address=""'),  # nothing after '=' is null to YAML: how to write an empty string
 ]
 
 
