@@ -1,4 +1,5 @@
-"""python -m distgan.bench [--config FILE] [key=value ...] [--steps N] [--warmup N] [--modes ...] [--json OUT]
+"""python -m distgan.bench [--config FILE] [key=value ...] [--steps N] [--warmup N] [--repeats N] [--modes ...]
+                          [--json OUT]
 
 Times the real training step against a plain PyTorch WGAN-GP loop of the same model, batch and n_critic
 (benchmarks/plain_wgangp.py), in one run (docs/benchmarks.md):
@@ -9,14 +10,14 @@ Times the real training step against a plain PyTorch WGAN-GP loop of the same mo
   ray.num_workers workers sharing them): steps/s of rank 0, every rank doing the same;
 - local_beside_ray: local mode while this process holds an idle Ray cluster: what Ray's own processes (GCS,
   raylet, dashboard, agents) cost the step on this machine, apart from the Ray Train code path;
-- plain: the one-file loop, same device and precision switch;
-- loader: the data stream alone (images/s), against what training consumes;
+- plain: the one-file loop, same device and precision switch (local also times the data stream alone, in
+  images/s, against what training consumes);
 - eval: one evaluation (eval.metrics, eval.num_samples).
 Each timed mode also prints what the host did meanwhile (engine/host_counters.py): page faults per step, how long
 the process's threads waited for a CPU, and the CPU time of every other process (the largest by name).
 The plain loop runs in this process, so it gets speed.keep_host_memory's allocator setting too: local / plain
 compares the loops, not the allocator (benchmarks/compare_settings.py compares the allocator).
-Ratios printed: local / plain, ray1 / local, local_beside_ray / local, ray1 / local_beside_ray, loader /
+Ratios printed: local / plain, ray1 / local, rayN / local, local_beside_ray / local, ray1 / local_beside_ray, loader /
 consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
 beside one.
 """

@@ -177,6 +177,23 @@ def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> 
     return ConfigError(_one_line(exc))
 
 
+# keys whose value may be a local path (or a URL, or a special value: "demo", "" for the default, "pipe:...")
+PATH_KEYS = (("data", "source"), ("data", "cache_dir"), ("eval", "source"), ("eval", "weights"), ("run", "root"))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy whose local paths are absolute. Relative paths mean the working directory of the command, but Ray
+    workers run in folders of their own, and a run's config is stored with its checkpoints and exports, to be read
+    by `evaluate` and `sample` from anywhere."""
+    cfg = from_dict(to_dict(cfg))
+    for section, key in PATH_KEYS:
+        part = getattr(cfg, section)
+        value = getattr(part, key)
+        if value not in ("", "demo") and "://" not in value and not value.startswith("pipe:"):
+            setattr(part, key, str(Path(value).expanduser().absolute()))
+    return cfg
+
+
 def expand_home(value: str) -> str:
     """~ and ~user at the start of a path, as a shell would (it does not in key=~/path: not an assignment)."""
     return os.path.expanduser(value) if value.startswith("~") else value
@@ -205,7 +222,7 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
         except Exception as exc:  # a value YAML cannot parse
             raise ConfigError(f"{item}: {first_line(exc)}") from None
     config: Config = OmegaConf.to_object(cfg)
-    for section, key in (("data", "source"), ("eval", "source"), ("eval", "weights"), ("run", "root")):
+    for section, key in PATH_KEYS:
         part = getattr(config, section)
         setattr(part, key, expand_home(getattr(part, key)))
     validate(config)

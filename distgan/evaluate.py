@@ -1,8 +1,8 @@
 """python -m distgan.evaluate RUN_OR_CHECKPOINT [--metrics fid,kid,swd] [--num N] [--data SOURCE] [--json OUT]
 
 Sample quality of a generator: a run folder (its newest generator export; local or Ray mode, a path or s3:// /
-gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's data.source;
-its statistics are computed once and cached next to the shards (docs/evaluation.md). Prints a table, and writes
+gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's eval.source,
+else its data.source, with its eval.num_real (--data and --num-real replace them); its statistics are computed once and cached next to the shards (docs/evaluation.md). Prints a table, and writes
 the numbers as JSON with --json. Runs in this process, on the GPU when there is one.
 """
 
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--metrics", help="comma-separated: fid, kid, swd (default: the run's eval.metrics)")
     p.add_argument("--num", type=int, help="generated images (default: the run's eval.num_samples)")
-    p.add_argument("--num-real", type=int, help="real images for the reference statistics (0: all)")
-    p.add_argument("--data", help="reference data set (default: the run's data.source)")
+    p.add_argument("--num-real", type=int, help="real images for the reference statistics (0: all; default: the "
+                                                "run's eval.num_real)")
+    p.add_argument("--data", help="reference data set (default: the run's eval.source, else its data.source)")
     p.add_argument("--weights", help="feature network file (default: the standard Inception)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--kid-subset-size", type=int)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataSourceError as exc:
         if args.data or not str(exc).startswith("data.source"):
             raise
-        # the run's own data set, as the run saw it (a relative path means the run's working directory)
+        # the run's own data set is gone or moved (runs store it absolute; older runs, relative to where they ran)
         raise DataSourceError(f"{exc} (the run's data set: --data names the reference data)") from None
     evaluator = Evaluator(cfg, Dist(), device)
     results = evaluator(G.to(device))

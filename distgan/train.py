@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from distgan.cli import config_from_args, run_main
+from distgan.config import with_absolute_paths
 
 log = logging.getLogger("distgan.train")
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from distgan.engine.run_folder import ensure_writable
         from distgan.launch.local import LocalLauncher
 
+        cfg = with_absolute_paths(cfg)  # the config stored with checkpoints and exports means the same anywhere
         run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root", keep=False)
         log.info("run directory: %s", run_dir.resolve())
         with LocalLauncher(cfg, run_dir) as launcher:

@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from distgan.data.sources import resolve_shards
     from distgan.evaluation.evaluator import check_evaluation
+    from distgan.config import with_absolute_paths
     from distgan.launch.ray_train import (check_fits, connect, refuse_relative_root_in_job, storage_path,
-                                          with_absolute_paths, worker_resources)
+                                          worker_resources)
     from distgan.launch.tune_trial import trial_driver
 
     refuse_relative_root_in_job(cfg)

@@ -121,6 +121,22 @@ def test_a_config_file_must_hold_key_value_pairs(tmp_path):
             load(str(listed))
 
 
+def test_local_paths_are_made_absolute_and_the_rest_left_alone(monkeypatch, tmp_path):
+    """Relative paths mean the command's folder; Ray workers run elsewhere, and a run's stored config is read from
+    anywhere. Every path-valued key is made absolute (eval.source and data.cache_dir were missed in Ray mode: the
+    workers then failed to find a relative eval.source the driver had checked)."""
+    from distgan.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    keys = [("data", "source"), ("data", "cache_dir"), ("eval", "source"), ("eval", "weights"), ("run", "root")]
+    relative = with_absolute_paths(load_config(None, [f"{s}.{k}=x/{s}-{k}" for s, k in keys]))
+    assert [getattr(getattr(relative, s), k) for s, k in keys] == [f"{tmp_path}/x/{s}-{k}" for s, k in keys]
+    special = ["data.source=demo", "run.root=s3://bucket/runs"]  # eval.source and eval.weights: "" (defaults)
+    kept = with_absolute_paths(load_config(None, special))
+    assert (kept.data.source, kept.eval.source, kept.eval.weights, kept.run.root) == ("demo", "", "", "s3://bucket/runs")
+    assert with_absolute_paths(load_config(None, ["data.source=pipe:cat x.tar"])).data.source == "pipe:cat x.tar"
+
+
 def test_home_is_expanded_in_path_values(monkeypatch, tmp_path):
     """`data.source=~/shards` reaches the program with its ~ (a shell expands ~ only at a word's start or after
     an assignment's =): the config expands it, so that every reader gets the same path."""

@@ -269,3 +269,28 @@ def test_evaluate_command_on_a_run_and_a_checkpoint(tiny_config, tiny_features, 
     assert data["eval/swd"] == pytest.approx(float(again.stdout.split("swd")[1].split()[0]), rel=1e-3)
     bad = run_module("distgan.evaluate", str(tmp_path / "run"), "--metrics", "fid,bogus")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: eval.metrics")
+
+
+def test_a_run_trained_with_relative_paths_is_evaluated_from_another_folder(tmp_path, demo_cache):
+    """A run stores its config (with its checkpoints and exports) with absolute paths: `evaluate RUN` from another
+    folder finds the run's data set. Before, local mode stored data.source as typed, relative to where it ran."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from distgan.data.demo import ensure_demo_shards
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(ensure_demo_shards(demo_cache, 16, 512), work / "shards")
+    trained = subprocess.run(
+        [sys.executable, "-m", "distgan.train", "run.mode=local", "run.root=runs", "run.name=r", "data.source=shards",
+         "data.cache_dir=cache", "model.image_size=16", "model.width=8", "model.z_dim=16", "train.batch_size=16",
+         "train.steps=2", "train.device=cpu", "eval.every=0", "log.checkpoint_every=2", "log.progress=false"],
+        cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_module("distgan.evaluate", str(work / "runs" / "r"), "--metrics", "swd", "--num", "32")  # from ROOT
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"reference  {work / 'shards'}\n" in result.stdout, result.stdout

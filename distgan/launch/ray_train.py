@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from distgan.config import Config, from_dict, to_dict
+from distgan.config import Config, to_dict, with_absolute_paths
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import Diverged, StorageError, UserError, first_line
 from distgan.launch.ray_output import quiet_driver_output
@@ -38,16 +38,6 @@ def check_fits(per_worker: dict[str, float], workers: int, available: dict[str, 
             raise UserError(f"ray.num_workers={workers} x {key} needs {amount * workers:g} {name}{extra}, this "
                             f"machine's local Ray cluster has {available.get(name, 0):g} (lower them, or give "
                             f"ray.address)")
-
-
-def with_absolute_paths(cfg: Config) -> Config:
-    """Relative paths mean the driver's working directory; Ray workers run in folders of their own."""
-    cfg = from_dict(to_dict(cfg))
-    cfg.run.root = storage_path(cfg)
-    source = cfg.data.source
-    if source != "demo" and "://" not in source and not source.startswith("pipe:"):
-        cfg.data.source = str(Path(source).expanduser().absolute())
-    return cfg
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:
