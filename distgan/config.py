@@ -171,14 +171,17 @@ def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> 
         return ConfigError(f"{key}: a list, written {key}=[{value}]")
     if isinstance(node, DictConfig):
         return ConfigError(f"{key} is a section, not a value: set its keys, e.g. {key}.KEY={value}")
-    if not value.strip():  # YAML reads nothing as null
+    if not value.strip() and isinstance(node, str):  # YAML reads nothing as null
         return ConfigError(f"{key}: no value after '=' (an empty string is written {key}=\"\", with the quotes "
                            f"quoted for the shell: '{key}=\"\"')")
     return ConfigError(_one_line(exc))
 
 
-# keys whose value may be a local path (or a URL, or a special value: "demo", "" for the default, "pipe:...")
-PATH_KEYS = (("data", "source"), ("data", "cache_dir"), ("eval", "source"), ("eval", "weights"), ("run", "root"))
+# keys whose value may be a local path, or a URL; ~ is expanded when the config is read (data.cache_dir's is
+# left to each machine: its default ~/.cache/distgan means every node's own home)
+HOME_EXPANDED = (("data", "source"), ("eval", "source"), ("eval", "weights"), ("run", "root"))
+PATH_KEYS = HOME_EXPANDED + (("data", "cache_dir"),)
+SOURCE_KEYS = (("data", "source"), ("eval", "source"))  # these also take "demo" and pipe:COMMAND
 
 
 def with_absolute_paths(cfg: Config) -> Config:
@@ -189,8 +192,9 @@ def with_absolute_paths(cfg: Config) -> Config:
     for section, key in PATH_KEYS:
         part = getattr(cfg, section)
         value = getattr(part, key)
-        if value not in ("", "demo") and "://" not in value and not value.startswith("pipe:"):
-            setattr(part, key, str(Path(value).expanduser().absolute()))
+        special = (section, key) in SOURCE_KEYS and (value == "demo" or value.startswith("pipe:"))
+        if value and not special and "://" not in value and not value.startswith("~"):  # "": the default
+            setattr(part, key, str(Path(value).absolute()))
     return cfg
 
 
@@ -222,7 +226,7 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
         except Exception as exc:  # a value YAML cannot parse
             raise ConfigError(f"{item}: {first_line(exc)}") from None
     config: Config = OmegaConf.to_object(cfg)
-    for section, key in PATH_KEYS:
+    for section, key in HOME_EXPANDED:
         part = getattr(config, section)
         setattr(part, key, expand_home(getattr(part, key)))
     validate(config)

@@ -74,8 +74,15 @@ class Interrupts:
         os.kill(os.getpid(), signal.SIGINT)
 
     def stopped_fit(self) -> bool:
-        tune_handles_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
-        return tune_handles_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint
+        """Called once fit() has returned; from then on, Ctrl-C and SIGTERM act at once."""
+        import ray.util.client
+
+        tune_handled_sigint = not (int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+                                   or ray.util.client.ray.is_connected())  # Ray client: fit() ran on the cluster
+        stopped = tune_handled_sigint and signal.getsignal(signal.SIGINT) == self._on_sigint
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # not Tune's, which would swallow a late Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return stopped
 
 
 def scheduler(cfg: Config, search: SearchConfig, experiment: str):

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ BAD = [
     (["eval.metrics=swd"], "eval.metrics=[swd]"),  # a list written as a value: how to write it
     (["train=5"], "train.KEY=5"),  # a section given a value
     (["ray.address="], 'ray.address=""'),  # nothing after '=' is null to YAML: how to write an empty string
+    (["train.stepz="], "Did you mean: 'steps'"),  # that hint is for string keys only
 ]
 
 
@@ -128,9 +130,13 @@ def test_local_paths_are_made_absolute_and_the_rest_left_alone(monkeypatch, tmp_
     from distgan.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
+    here = Path.cwd()  # tmp_path with its symlinks resolved, as the working directory reports it
     keys = [("data", "source"), ("data", "cache_dir"), ("eval", "source"), ("eval", "weights"), ("run", "root")]
     relative = with_absolute_paths(load_config(None, [f"{s}.{k}=x/{s}-{k}" for s, k in keys]))
-    assert [getattr(getattr(relative, s), k) for s, k in keys] == [f"{tmp_path}/x/{s}-{k}" for s, k in keys]
+    assert [getattr(getattr(relative, s), k) for s, k in keys] == [f"{here}/x/{s}-{k}" for s, k in keys]
+    # "demo" and pipe: are data sources only; a cache folder under ~ means each machine's own home
+    others = with_absolute_paths(load_config(None, ["run.root=demo", "eval.weights=pipe:x", "data.cache_dir=~/c"]))
+    assert (others.run.root, others.eval.weights, others.data.cache_dir) == (f"{here}/demo", f"{here}/pipe:x", "~/c")
     special = ["data.source=demo", "run.root=s3://bucket/runs"]  # eval.source and eval.weights: "" (defaults)
     kept = with_absolute_paths(load_config(None, special))
     assert (kept.data.source, kept.eval.source, kept.eval.weights, kept.run.root) == ("demo", "", "", "s3://bucket/runs")

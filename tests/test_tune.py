@@ -157,7 +157,7 @@ def test_a_stopped_search_says_so_and_the_same_command_resumes_it(ray_cluster, t
     the search saves its state, says it was interrupted and exits 143, with no trials.csv or best.yaml of a search
     that has not ended (before, it exited 0 with the running trials as "stopped early" and a best.yaml). The same
     command then resumes the trial from its own checkpoint and finishes."""
-    search = ["search.name=stopped", "search.num_samples=1", "train.steps=100", "eval.every=20"]
+    search = ["search.name=stopped", "search.num_samples=1", "train.steps=200", "eval.every=20"]  # time to stop it
     args = tune_command(ray_cluster, tmp_path / "runs", demo_cache, *search)
     search_dir = tmp_path / "runs" / "stopped"
     env = {**ENV, "RAY_ADDRESS": ray_cluster.address}
@@ -177,7 +177,7 @@ def test_a_stopped_search_says_so_and_the_same_command_resumes_it(ray_cluster, t
     text = run_tune(ray_cluster, args, tmp_path / "second.log")
     assert "resuming the search" in text
     rows = list(csv.DictReader((search_dir / "trials.csv").read_text().splitlines()))
-    assert [(r["status"], r["steps"]) for r in rows] == [("completed", "100")], rows
+    assert [(r["status"], r["steps"]) for r in rows] == [("completed", "200")], rows
     starts = [json.loads(line) for f in (search_dir / "trials").glob("*/starts.jsonl")
               for line in f.read_text().splitlines()]
     assert len(starts) == 1 and not starts[0]["exploit"] and starts[0]["step"] >= 20, starts  # its own checkpoint
