@@ -17,8 +17,8 @@ Each timed mode also prints what the host did meanwhile (engine/host_counters.py
 the process's threads waited for a CPU, and the CPU time of every other process (the largest by name).
 The plain loop runs in this process, so it gets speed.keep_host_memory's allocator setting too: local / plain
 compares the loops, not the allocator (benchmarks/compare_settings.py compares the allocator).
-Ratios printed: local / plain, ray1 / local, rayN / local, local_beside_ray / local, ray1 / local_beside_ray, loader /
-consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
+Ratios printed: local / plain, ray1 / local, rayN / local, local_beside_ray / local, ray1 / local_beside_ray,
+loader / consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
 beside one.
 """
 

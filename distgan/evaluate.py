@@ -2,8 +2,9 @@
 
 Sample quality of a generator: a run folder (its newest generator export; local or Ray mode, a path or s3:// /
 gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's eval.source,
-else its data.source, with its eval.num_real (--data and --num-real replace them); its statistics are computed once and cached next to the shards (docs/evaluation.md). Prints a table, and writes
-the numbers as JSON with --json. Runs in this process, on the GPU when there is one.
+else its data.source, with its eval.num_real (--data and --num-real replace them); its statistics are computed
+once and cached next to the shards (docs/evaluation.md). Prints a table, and writes the numbers as JSON with
+--json. Runs in this process, on the GPU when there is one.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import signal
 from typing import Any
 
 from distgan.cli import run_main
-from distgan.config import Config, to_dict, to_yaml
+from distgan.config import Config, to_dict, to_yaml, with_absolute_paths
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import ConfigError
 from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from distgan.data.sources import resolve_shards
     from distgan.evaluation.evaluator import check_evaluation
-    from distgan.config import with_absolute_paths
     from distgan.launch.ray_train import (check_fits, connect, refuse_relative_root_in_job, storage_path,
                                           worker_resources)
     from distgan.launch.tune_trial import trial_driver
