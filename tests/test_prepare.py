@@ -154,9 +154,14 @@ def test_resume_keeps_finished_shards_and_refuses_other_settings(celeba, tmp_pat
     (out / "shard-000001.tar").unlink()
     (out / "shard-000001.tar.4242.tmp").write_bytes(b"half a shard")
     os.utime(out / "shard-000000.tar", (1, 1))  # an old mtime: rewriting it would change it
+    # shard 2 cut short after its first sample (a machine that lost power after the rename, before the data
+    # reached the disk): written again, not counted as the one image it still holds
+    whole = (out / "shard-000002.tar").read_bytes()
+    (out / "shard-000002.tar").write_bytes(whole[:1536])
 
     assert prepare.main(args) == 0
     assert os.stat(out / "shard-000000.tar").st_mtime == 1  # kept, not rewritten
+    assert (out / "shard-000002.tar").read_bytes() == whole
     assert not list(out.glob("*.tmp"))
     assert json.loads((out / "manifest.json").read_text())["shards"] == first["shards"]
     assert set(read_all(str(out))) == ids_of(1)

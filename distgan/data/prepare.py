@@ -14,10 +14,11 @@ sorted by class or identity does not turn into single-class shards. --format raw
 they are: 4-5x faster to read than png or jpg (docs/data.md has the numbers), 2-3x the bytes.
 
 OUT (a folder, or an fsspec URL: s3://, gs://, file://) receives shard-000000.tar, ... and, last, manifest.json.
-Shards are written under a temporary name and renamed when complete, so no half-written shard ever looks whole.
-prepare.json, written first, records the settings: rerunning the same command resumes (shards already there are
-kept), rerunning with other settings into the same OUT is refused. The data set is complete when manifest.json
-exists; point data.source at OUT.
+Shards are written under a temporary name (on a local disk: and synced) and renamed when complete, so no
+half-written shard ever looks whole. prepare.json, written first, records the settings: rerunning the same command
+resumes (the shards already there are read through and kept, a damaged one is written again), rerunning with other
+settings into the same OUT is refused. The data set is complete when manifest.json exists; point data.source at
+OUT.
 """
 
 from __future__ import annotations
@@ -131,7 +132,13 @@ def start_or_resume(out: str, settings: Settings) -> tuple[dict[int, int], bool]
     done = {}
     for shard in shards:
         index = int(shard.rsplit("shard-", 1)[1].split(".")[0])
-        done[index] = count_samples(fs.unstrip_protocol(shard))
+        problems: list[str] = []
+        count = count_samples(fs.unstrip_protocol(shard), problems.append)
+        if problems or count == 0:  # cut short (a crash of the machine, a copy gone wrong): its images would be lost
+            log.warning("%s", f"{problems[0] if problems else shard + ': no images'}; writing it again")
+            fs.rm(shard)
+            continue
+        done[index] = count
     return done, complete
 
 

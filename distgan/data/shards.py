@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "manifest.json"
 
@@ -98,8 +99,14 @@ def write_shard(root: str, index: int, samples: Iterable[dict]) -> int:
     final = join(path, shard_name(index))
     tmp = f"{final}.{os.getpid()}.tmp"  # unique: two processes may write the same demo shard
     data, count = tar_bytes(samples)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
+    if isinstance(fs, LocalFileSystem):  # on disk before it gets its name: a power loss leaves no short shard
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    else:  # an object store's upload appears whole or not at all
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
     fs.mv(tmp, final)
     return count
 
