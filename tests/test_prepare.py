@@ -104,7 +104,8 @@ def test_crop_option_and_test_split(celeba, tmp_path):
 
 
 def test_any_folder_of_images(tmp_path):
-    """Recursive; jpg/png/webp; grayscale and RGBA converted; the largest centered square; junk skipped."""
+    """Recursive; jpg/png/webp; grayscale (8 and 16 bits) and RGBA converted; the largest centered square; junk
+    skipped."""
     src = tmp_path / "photos"
     (src / "a" / "b").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -115,15 +116,18 @@ def test_any_folder_of_images(tmp_path):
     rgba[:, 8:] = (200, 10, 10, 255)  # left half fully transparent, right half opaque red
     Image.fromarray(rgba, "RGBA").save(src / "a" / "b" / "alpha.v2.png")  # a dot in the name: key alpha_v2
     Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src / "a" / "pic.webp", lossless=True)
+    ramp = np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 256
+    Image.fromarray((ramp * 257).astype(np.uint16)).save(src / "deep.png")  # 16-bit grayscale: 0..65535
     (src / "notes.txt").write_text("not an image, not even looked at")
     (src / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
 
     out = tmp_path / "out"
     assert prepare.main([str(src), str(out), "--size", str(SIZE), "--workers", "1"]) == 0
     manifest = read_manifest(str(out))
-    assert (manifest.total, manifest.skipped, manifest.split, manifest.crop) == (4, 1, "all", 0)
+    assert (manifest.total, manifest.skipped, manifest.split, manifest.crop) == (5, 1, "all", 0)
     images = read_all(str(out))
-    assert set(images) == {"wide", "a/gray", "a/b/alpha_v2", "a/pic"}
+    assert set(images) == {"wide", "a/gray", "a/b/alpha_v2", "a/pic", "deep"}
+    np.testing.assert_array_equal(images["deep"], np.repeat(ramp[:, :, None], 3, axis=2))  # scaled, not clipped
     square = wide.crop((5, 0, 35, 30)).resize((SIZE, SIZE), Image.BICUBIC)
     np.testing.assert_array_equal(images["wide"], np.asarray(square))
     gray = images["a/gray"]

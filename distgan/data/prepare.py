@@ -4,7 +4,8 @@
     python -m distgan.data.prepare img_align_celeba.zip s3://bucket/celeba64-valid --split valid --format jpg
 
 Each image is made square and resized once, here, so the readers only decode:
-- EXIF orientation applied; transparency flattened onto white; converted to --channels (1: grayscale, 3: RGB).
+- EXIF orientation applied; 16-bit grayscale scaled to 8 bits; transparency flattened onto white; converted to
+  --channels (1: grayscale, 3: RGB).
 - Center crop of --crop x --crop px: left = (width - crop) // 2, top = (height - crop) // 2. For CelebA's aligned
   178x218 faces the default is 140 (the face, little background); for other sources the default 0 means the
   largest centered square. A crop larger than the image shrinks to its shorter side.
@@ -72,6 +73,8 @@ class Settings:
 def square_image(img: Image.Image, size: int, crop: int, channels: int) -> Image.Image:
     """Upright, in the target mode, center-cropped to crop x crop (0: the largest centered square), resized."""
     img = ImageOps.exif_transpose(img)
+    if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grayscale (png): convert() would clip at 255
+        img = img.convert("I").point(lambda v: v / 257).convert("L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
