@@ -59,6 +59,28 @@ def test_resume_is_bitwise_exact(tiny_config, tmp_path, workers, step_counter):
     assert_same_state(straight, resumed)
 
 
+def test_a_restart_with_other_cores_keeps_the_checkpoints_loader_workers(tiny_config, tmp_path, monkeypatch,
+                                                                         caplog):
+    """The stream positions are per loader worker. data.num_workers=-1 derives the count from the cores, so a
+    restart on another node type would split the shards otherwise: auto keeps the checkpoint's count and resumes
+    exactly; an explicitly different count re-seeds the stream, with a warning."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # 2 cores: auto means 0 loader processes
+    k, common = 3, ["model.critic_dropout=0.3", "log.checkpoint_every=2"]
+    straight = train_local(tiny_config("data.num_workers=2", *common, f"train.steps={2 * k}"), tmp_path / "straight")
+    for name in ("auto", "explicit"):
+        train_local(tiny_config("data.num_workers=2", *common, f"train.steps={k}"), tmp_path / name)
+    caplog.clear()
+    resumed = train_local(tiny_config("data.num_workers=-1", *common, f"train.steps={2 * k}"), tmp_path / "auto")
+    assert_same_state(straight, resumed)
+    assert "loader workers" not in caplog.text
+    other = train_local(tiny_config("data.num_workers=0", *common, f"train.steps={2 * k}"), tmp_path / "explicit")
+    assert "data.num_workers=0, but the checkpoint's data stream was read by 2 loader workers" in caplog.text
+    weights = zip(other.G.state_dict().values(), straight.G.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in weights), "re-seeded data, yet the same training"
+
+
 def test_resumed_run_differs_from_a_fresh_start(tiny_config, tmp_path):
     """Guards the comparison above: a different history gives different weights."""
     straight = train_local(tiny_config("train.steps=4"), tmp_path / "a")

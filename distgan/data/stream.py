@@ -192,7 +192,7 @@ def loader_workers(requested: int, cpus: float) -> int:
     """data.num_workers, or with -1: the rank's cores minus 2 (the training process and the copy to the device),
     at most 8: 0 (decode in the training process) on a 2-core machine or a 1-CPU Ray worker, 5 on a GPU worker with
     7 CPUs. distgan.bench shows whether the loader keeps up (docs/benchmarks.md). Resuming exactly needs the same
-    count: set it explicitly when a run moves between machines."""
+    count: with -1 the training loop keeps a checkpoint's (engine/loop.py, loader_workers_for_resume)."""
     return requested if requested >= 0 else max(0, min(8, int(cpus) - 2))
 
 
@@ -216,6 +216,7 @@ class RealBatches:
             stream.with_keys = True
         self.state = {
             "seed": stream.seed,  # the stream's order: a resume must use it again (it changes on a resize)
+            "loader_workers": num_workers,  # the positions below are per loader worker: a resume needs the count
             "batches": stream.state.get("batches", 0),
             "workers": dict(stream.state.get("workers", {})),
             "bad": dict(stream.state.get("bad", {})),

@@ -52,7 +52,22 @@ def reseed_rank_state(seed: int, step: int, rank: int) -> int:
     """After a change of world size: new per-rank randomness derived from the step (the same run resized at the
     same step gets the same streams). Returns the data stream's seed; re-seeds this rank's dropout RNG."""
     torch.manual_seed(hash((seed, step, rank, 1)) & 0x7FFF_FFFF_FFFF_FFFF)  # ints: hash() is stable across processes
+    return reseeded_stream(seed, step)
+
+
+def reseeded_stream(seed: int, step: int) -> int:
+    """The data stream's seed after its layout changed at step (the saved positions no longer apply)."""
     return hash((seed, step, 2)) & 0x7FFF_FFFF
+
+
+def loader_workers_for_resume(requested: int, resolved: int, saved: Optional[int]) -> tuple[int, bool]:
+    """(loader workers, whether the saved stream positions still apply), for data.num_workers=requested, which
+    resolves to `resolved` here, and a checkpoint's count `saved`. The positions are per loader worker (0 and 1
+    are the same one stream): with another count the shards are split otherwise. -1 (auto, from the cores) keeps
+    the checkpoint's count, so a restart on a node with other cores resumes exactly; an explicit other count wins."""
+    if saved is None or max(1, saved) == max(1, resolved):
+        return resolved, True
+    return (saved, True) if requested < 0 else (resolved, False)
 
 
 def train(cfg: Config, launcher: Launcher) -> TrainState:
@@ -85,7 +100,15 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             # search's driver): a scheduler waits for the final metrics, so those of the checkpoint go out again
             launcher.report(state.step, payload.get("metrics", {}))
 
-    workers = loader_workers(cfg.data.num_workers, launcher.cpus)
+    saved_workers = state.data_state.get("loader_workers")
+    workers, positions_apply = loader_workers_for_resume(
+        cfg.data.num_workers, loader_workers(cfg.data.num_workers, launcher.cpus), saved_workers)
+    if not positions_apply:
+        stream_seed, state.data_state = reseeded_stream(t.seed, state.step), {}
+        if dist.is_main:
+            log.warning("data.num_workers=%d, but the checkpoint's data stream was read by %d loader workers: the "
+                        "stream restarts re-seeded from step %d (data.num_workers=-1 keeps the checkpoint's count and "
+                        "resumes it exactly)", workers, saved_workers, state.step)
     stream = ShardStream(
         resolve_shards(cfg), local_batch, cfg.model.image_size, cfg.model.channels, dist.rank, dist.world_size,
         workers, stream_seed, cfg.data.shuffle_buffer, resampled=True, state=state.data_state,
