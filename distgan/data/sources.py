@@ -24,6 +24,13 @@ def is_manifest_source(source: str) -> bool:
     return source.endswith(".json") or ("{" not in source and not source.endswith((".tar", ".tar.gz", ".tgz")))
 
 
+def manifest_folder(source: str) -> str:
+    """The folder of a manifest source: the source itself, or the folder of a .../manifest.json."""
+    if not source.endswith(".json"):
+        return source
+    return source.rsplit("/", 1)[0] if "/" in source else "."
+
+
 def resolve_source(source: str, what: str = "data.source") -> tuple[list[str], Optional[Manifest]]:
     """(shard URLs, the manifest when there is one) for a shard folder, a manifest.json or brace-expanded URLs."""
     if source.startswith("pipe:"):
@@ -36,11 +43,9 @@ def resolve_source(source: str, what: str = "data.source") -> tuple[list[str], O
                 fs, path = fsspec.core.url_to_fs(source)
                 if not fs.exists(path):
                     raise DataSourceError(f"{what}: {source} does not exist")
-                folder = source if not source.endswith(".json") else source.rsplit("/", 1)[0]
-                raise DataSourceError(f"{what}: no {MANIFEST} in {folder} (write shards with python -m "
-                                      f"distgan.data.prepare, or give brace-expanded shard URLs)")
-            root = source.rsplit("/", 1)[0] if source.endswith(".json") else source
-            urls = manifest.urls(root)
+                raise DataSourceError(f"{what}: no {MANIFEST} in {manifest_folder(source)} (write shards with "
+                                      f"python -m distgan.data.prepare, or give brace-expanded shard URLs)")
+            urls = manifest.urls(manifest_folder(source))
         else:
             urls = list(braceexpand.braceexpand(source))
             fs, _ = fsspec.core.url_to_fs(urls[0])
