@@ -175,7 +175,10 @@ class RunFolder:
         for file in sorted(self.local.rglob("*")):
             if not file.is_file() or file.name.startswith("."):  # .NAME.tmp: a file being written
                 continue
-            stat = file.stat()
+            try:
+                stat = file.stat()
+            except FileNotFoundError:  # pruned by the training thread since the listing (this runs beside it)
+                continue
             signature = (stat.st_size, stat.st_mtime_ns)
             if self._uploaded.get(file) == signature:
                 continue
