@@ -141,6 +141,19 @@ def test_any_folder_of_images(tmp_path):
     assert read_all(str(out1), channels=1)["a/b/alpha_v2"].shape == (SIZE, SIZE, 1)
 
 
+def test_images_whose_names_give_the_same_key_keep_their_own_keys(tmp_path):
+    """a.jpg and a.png share the key "a"; numbering the second must not give it the key of an a_1.jpg, or the two
+    would be one sample (or one key, twice) in the shards."""
+    from distgan.data.inputs import folder_images
+
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "a.png", "a_1.jpg", "b c.png", "b_c.png"):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / name)
+    keys = sorted(item.key for item in folder_images(tmp_path))
+    assert len(set(keys)) == 5, keys
+    assert {"a", "a_1", "b_c"} <= set(keys)
+
+
 def test_out_as_fsspec_url(celeba, tmp_path):
     url = f"file://{tmp_path}/viaurl"
     assert prepare.main([str(celeba), url, "--split", "valid", "--size", str(SIZE), "--shard-size", "4",

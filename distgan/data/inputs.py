@@ -132,13 +132,18 @@ def zip_images(path: Path) -> list[InputImage]:
 
 
 def unique_keys(images: list[InputImage]) -> list[InputImage]:
-    """a.jpg and a.png would share the key "a" (and form one sample): number the later ones."""
-    seen: dict[str, int] = {}
+    """a.jpg and a.png would share the key "a" (and form one sample): number the later ones, with a number that
+    no other image's key has (a.png becomes a_2 when there is an a_1.jpg)."""
+    originals = {item.key for item in images}
+    used: set[str] = set()
     result = []
     for item in sorted(images, key=lambda item: (item.key, item.member or item.path)):
-        n = seen.get(item.key, 0)
-        seen[item.key] = n + 1
-        result.append(item if n == 0 else InputImage(f"{item.key}_{n}", item.path, item.member))
+        key, n = item.key, 0
+        while key in used or (n > 0 and key in originals):
+            n += 1
+            key = f"{item.key}_{n}"
+        used.add(key)
+        result.append(item if n == 0 else InputImage(key, item.path, item.member))
     return result
 
 
