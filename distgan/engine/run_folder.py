@@ -40,6 +40,7 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str
     moment path holds either the old file (or nothing) or the whole new one, also after a power loss (a rename
     without the fsync can leave the new name pointing at data that never reached the disk). One process writes a
     given path at a time, so an older temporary of the same path is a killed writer's: it is removed."""
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{tmp_suffix}")
     for stale in path.parent.glob(f".{path.name}.*{tmp_suffix}"):
@@ -54,6 +55,8 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str
         tmp.unlink(missing_ok=True)  # a full disk or an error in write(): the old file stays, no debris
         raise
     fsync_dir(path.parent)
+    for folder in created:  # the first file of a new folder: the folder's own entry must last too
+        fsync_dir(folder.parent)
 
 
 def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
