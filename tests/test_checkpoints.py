@@ -22,8 +22,9 @@ from gloo import spawn
 @pytest.mark.parametrize("write", ["checkpoint", "run folder file"])
 def test_files_reach_the_disk_before_their_name(tmp_path, monkeypatch, tiny_config, write):
     """A power loss cannot be staged here, so this checks the order of calls that survives one: the data is fsynced
-    under a temporary name, renamed over the final name, then the folder is fsynced. For local checkpoints, and for
-    the run folder's own files (Ray mode's best/checkpoint.pt, ASHA's rung records)."""
+    under a temporary name, renamed over the final name, then the folder is fsynced, and the parent of each folder
+    created for this file. For local checkpoints, and for the run folder's own files (Ray mode's
+    best/checkpoint.pt, ASHA's rung records)."""
     events = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -44,8 +45,10 @@ def test_files_reach_the_disk_before_their_name(tmp_path, monkeypatch, tiny_conf
         RunFolder(str(tmp_path / "run")).write_bytes("best/checkpoint.pt", b"x" * 1000)
         folder, name = tmp_path / "run" / "best", "checkpoint.pt"
         assert (folder / name).read_bytes() == b"x" * 1000
-    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"], events
+    created = [folder] if write == "checkpoint" else [folder, folder.parent]  # RunFolder makes run/ lazily
+    assert [kind for kind, _ in events] == ["fsync", "rename", "fsync"] + ["fsync"] * len(created), events
     assert events[0][1].startswith(f".{name}.") and events[1][1] == name and events[2][1] == folder.name
+    assert [name for _, name in events[3:]] == [f.parent.name for f in created]
     assert sorted(p.name for p in folder.iterdir()) == [name]
 
 
