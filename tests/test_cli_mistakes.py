@@ -127,3 +127,31 @@ def test_a_ray_run_resumed_with_another_model_is_refused_before_the_cluster(tiny
     assert result.returncode == 2
     assert error_line(result).startswith("error: run r resumes from step 2, whose model differs: model.width=4 "
                                          "(the run's: 8)")
+
+
+def test_a_run_is_resumed_only_in_the_mode_that_trained_it(tiny_config, tmp_path, demo_cache):
+    """Local mode keeps checkpoints/ckpt-*.pt, Ray mode Ray Train's checkpoint_*/: in the other mode's run folder a
+    run would start again from step 0 over that run's exports and samples. It is refused in one line before any
+    work (Ray mode before it starts a cluster), and the folder is left as it was."""
+    train_local(tiny_config("train.steps=2"))  # run.root=tmp_path/runs, run.name=t
+    run = tmp_path / "runs" / "t"
+    before = sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    result = run_module("distgan.train", "run.mode=ray", f"run.root={tmp_path / 'runs'}", "run.name=t",
+                        f"data.cache_dir={demo_cache}", "model.image_size=16", "data.demo_images=512", timeout=120)
+    assert result.returncode == 2
+    assert error_line(result) == (f"error: {run} was trained with run.mode=local (checkpoints/ckpt-00000002.pt), "
+                                  f"whose checkpoints run.mode=ray does not resume: rerun it with run.mode=local, "
+                                  f"or give another run.name")
+    assert sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+def test_local_mode_refuses_a_run_that_ray_mode_trained(tiny_config, tmp_path):
+    train_local(tiny_config("train.steps=2"))
+    ray_run = tmp_path / "runs" / "r"  # what Ray mode leaves: checkpoint_<step>/checkpoint.pt
+    (ray_run / "checkpoint_00000002").mkdir(parents=True)
+    (tmp_path / "runs" / "t" / "checkpoints" / "ckpt-00000002.pt").rename(
+        ray_run / "checkpoint_00000002" / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"r was trained with run.mode=ray \(checkpoint_00000002/checkpoint.pt\), "
+                                        r"whose checkpoints run.mode=local does not resume"):
+        train_local(tiny_config("train.steps=4", "run.name=r"))
+    assert sorted(p.name for p in ray_run.iterdir()) == ["checkpoint_00000002"]

@@ -24,7 +24,7 @@ import torch
 
 from distgan.config import Config, from_dict, to_dict
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import write_durably
+from distgan.engine.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError, UnreadableFile, UserError, first_line
 from distgan.models import Generator, build_models
@@ -36,6 +36,9 @@ PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 EXPORT_PATTERN = re.compile(r"^generator-(\d+)\.pt$")
 TMP_SUFFIX = ".tmp"
 BEST_FILE = "best.pt"
+CHECKPOINT_FILE = "checkpoint.pt"  # in Ray Train's checkpoint_<step>/ folders (launch/ray_worker.py)
+# where each run.mode keeps its checkpoints in the run folder
+MODE_CHECKPOINTS = {"local": "checkpoints/ckpt-*.pt", "ray": f"checkpoint_*/{CHECKPOINT_FILE}"}
 
 
 # --- the payloads -------------------------------------------------------------------------------------------------
@@ -166,6 +169,18 @@ class FolderCheckpoints:
         """best.pt: the checkpoint with the best evaluation, kept besides the newest `keep`."""
         if self.dist.is_main:
             write_atomic(self.directory / BEST_FILE, payload)
+
+
+def refuse_another_modes_run(run_dir: str, mode: str) -> None:
+    """Each run.mode resumes only its own checkpoints (MODE_CHECKPOINTS): in a run folder that the other mode
+    wrote it would start again from step 0, over that run's exports and samples. One line instead."""
+    folder = RunFolder(str(run_dir))
+    other = "ray" if mode == "local" else "local"
+    theirs = folder.glob(MODE_CHECKPOINTS[other])
+    if theirs and not folder.glob(MODE_CHECKPOINTS[mode]):
+        newest = max(theirs)[len(folder.root.rstrip("/")) + 1:]  # glob gives paths under the folder's own
+        raise UserError(f"{folder.location} was trained with run.mode={other} ({newest}), whose checkpoints "
+                        f"run.mode={mode} does not resume: rerun it with run.mode={other}, or give another run.name")
 
 
 def prune(found: list[tuple[int, Path]], keep: int) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from distgan.cli import torch_device
 from distgan.config import Config
-from distgan.engine.checkpoint import FolderCheckpoints
+from distgan.engine.checkpoint import FolderCheckpoints, refuse_another_modes_run
 from distgan.engine.distributed import Dist
 from distgan.engine.loop import train
 from distgan.engine.state import TrainState
@@ -39,6 +39,7 @@ class LocalLauncher:
         self.device = pick_device(cfg.train.device)
         self.cpus = float(len(os.sched_getaffinity(0)))
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
+        refuse_another_modes_run(str(self.run_dir), "local")
         self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints)
         self.stop_signal: Optional[int] = None  # the signal that asked the run to stop
         self._previous: dict[int, object] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from distgan.config import Config, to_dict, with_absolute_paths
+from distgan.engine.checkpoint import refuse_another_modes_run
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import Diverged, StorageError, UserError, first_line
 from distgan.launch.ray_output import quiet_driver_output
@@ -149,6 +150,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
 
     refuse_relative_root_in_job(cfg)
     cfg = with_absolute_paths(cfg)
+    refuse_another_modes_run(run_dir_of(cfg), "ray")
     check_resumed_model(cfg)
     if connect(cfg):
         check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 
 from distgan.config import Config, from_dict
-from distgan.engine.checkpoint import check_payload, read_file, write_atomic
+from distgan.engine.checkpoint import CHECKPOINT_FILE, check_payload, read_file, write_atomic
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import StorageError, first_line
@@ -27,7 +27,6 @@ from distgan.launch.ray_output import quiet_worker_logging
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM or Ctrl-C
 
 
