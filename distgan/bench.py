@@ -46,7 +46,7 @@ from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.engine.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
-from distgan.engine.run_folder import ensure_writable
+from distgan.engine.run_folder import ensure_writable_file
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 from distgan.errors import UserError
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--modes: unknown {sorted(unknown)} ({', '.join(known)})" if unknown else
                         f"--modes: none given ({', '.join(known)})")
     if args.json:  # before the timing, not after it
-        ensure_writable(args.json.expanduser().parent, "--json", keep=False)
+        ensure_writable_file(args.json, "--json")
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     resolve_shards(cfg)

@@ -19,7 +19,7 @@ from distgan.cli import run_main, torch_device
 from distgan.config import expand_home, from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import ensure_writable
+from distgan.engine.run_folder import ensure_writable_file
 from distgan.errors import DataSourceError
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.json:  # checked before the work, which can take hours: not lost to a wrong path at the end
-        ensure_writable(args.json.expanduser().parent, "--json", keep=False)
+        ensure_writable_file(args.json, "--json")
     device = torch_device(args.device, "--device")
 
     G, info, location = load_newest_generator(expand_home(args.source))

@@ -100,7 +100,13 @@ def test_a_cut_short_generator_export_falls_back_and_outputs_are_checked_first(t
         distgan.sample.main([str(run), "--out", str(a_file / "out"), "--num", "1"])
     with pytest.raises(StorageError, match="^--json: cannot write to"):
         distgan.evaluate.main([str(run), "--metrics", "swd", "--json", str(a_file / "m.json")])
+    with pytest.raises(StorageError, match=f"^--json: {tmp_path} is a folder; name a file in it$"):
+        distgan.evaluate.main([str(run), "--metrics", "swd", "--json", str(tmp_path)])
     assert work == []
+    import distgan.bench
+
+    with pytest.raises(StorageError, match=f"^--json: {tmp_path} is a folder; name a file in it$"):
+        distgan.bench.main(["--modes", "local", "--steps", "1", "--json", str(tmp_path)])
     sampled = run_module("distgan.sample", str(run), "--out", str(a_file / "out"), "--num", "1", timeout=120)
     assert sampled.returncode == 2 and error_line(sampled).startswith("error: --out: cannot write to")
 
@@ -119,7 +125,10 @@ def test_an_interrupt_outside_training_exits_130_with_one_line(capsys):
 def test_a_ray_run_resumed_with_another_model_is_refused_before_the_cluster(tiny_config, tmp_path):
     """In Ray mode the driver answers from the run's generator export, in one line, before it starts or joins a
     cluster (here an address where none listens: reaching for it would fail otherwise)."""
-    train_local(tiny_config("train.steps=2", "log.checkpoint_every=2"), tmp_path / "runs" / "r")
+    run = tmp_path / "runs" / "r"
+    train_local(tiny_config("train.steps=2", "log.checkpoint_every=2"), run)
+    (run / "checkpoint_00000002").mkdir()  # laid out as Ray mode leaves it (Ray mode refuses a local-mode run)
+    (run / "checkpoints" / "ckpt-00000002.pt").rename(run / "checkpoint_00000002" / "checkpoint.pt")
     result = run_module("distgan.train", "run.mode=ray", f"run.root={tmp_path / 'runs'}", "run.name=r",
                         "model.image_size=16", "model.z_dim=16", "model.width=4", "model.critic_dropout=0.0",
                         "data.demo_images=512", f"data.cache_dir={tiny_config().data.cache_dir}", "train.steps=4",
@@ -137,7 +146,8 @@ def test_a_run_is_resumed_only_in_the_mode_that_trained_it(tiny_config, tmp_path
     run = tmp_path / "runs" / "t"
     before = sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*"))
     result = run_module("distgan.train", "run.mode=ray", f"run.root={tmp_path / 'runs'}", "run.name=t",
-                        f"data.cache_dir={demo_cache}", "model.image_size=16", "data.demo_images=512", timeout=120)
+                        f"data.cache_dir={demo_cache}", "model.image_size=16", "data.demo_images=512",
+                        env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=60)  # no cluster there: refused before it
     assert result.returncode == 2
     assert error_line(result) == (f"error: {run} was trained with run.mode=local (checkpoints/ckpt-00000002.pt), "
                                   f"whose checkpoints run.mode=ray does not resume: rerun it with run.mode=local, "

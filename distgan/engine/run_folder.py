@@ -83,6 +83,18 @@ def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
     return folder
 
 
+def ensure_writable_file(path: Path, what: str) -> Path:
+    """ensure_writable for a file to be written later (a --json): its folder, checked without leaving a trace, and
+    the file itself not a folder. Returns the path with ~ expanded."""
+    from distgan.errors import StorageError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise StorageError(f"{what}: {path} is a folder; name a file in it")
+    ensure_writable(path.parent, what, keep=False)
+    return path
+
+
 def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
