@@ -160,6 +160,15 @@ def read_mapping(path: str | Path) -> DictConfig:
     return loaded
 
 
+def unparsable_value(item: str, exc: Exception) -> ConfigError:
+    """key=value whose value YAML cannot read: the override and what YAML found, on one line."""
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    if not problem:
+        return ConfigError(f"{item}: {first_line(exc)}")
+    hint = " (YAML wants a space after each ':' in {key: value})" if "unexpected ':'" in problem else ""
+    return ConfigError(f"{item}: not a YAML value: {problem}{' ' + context if context else ''}{hint}")
+
+
 def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> ConfigError:
     """A failed key=value, said in the user's terms where OmegaConf's words are about its own types."""
     key, _, value = item.partition("=")
@@ -224,7 +233,7 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
         except OmegaConfBaseException as exc:
             raise _override_error(cfg, item, exc) from None
         except Exception as exc:  # a value YAML cannot parse
-            raise ConfigError(f"{item}: {first_line(exc)}") from None
+            raise unparsable_value(item, exc) from None
     config: Config = OmegaConf.to_object(cfg)
     for section, key in HOME_EXPANDED:
         part = getattr(config, section)

@@ -54,6 +54,8 @@ BAD = [
     (["train=5"], "train.KEY=5"),  # a section given a value
     (["ray.address="], 'ray.address=""'),  # nothing after '=' is null to YAML: how to write an empty string
     (["train.stepz="], "Did you mean: 'steps'"),  # that hint is for string keys only
+    (["train.lr_g={a:[0,1]}"], "train.lr_g={a:[0,1]}: not a YAML value: found unexpected ':' while scanning a plain "
+                               "scalar (YAML wants a space after each ':' in {key: value})"),
 ]
 
 

@@ -273,6 +273,10 @@ def test_pbt_exploits_the_donors_state_with_mutated_hyperparameters(ray_cluster,
     ("search.space.train.lr_g={loguniform: [0, 0.01]}", "search.space.train.lr_g: loguniform needs low > 0"),
     ("search.scheduler=hyperband", "search.scheduler: must be one of ('asha', 'pbt')"),
     ("search.metric=eval/fid", "search.metric: 'eval/fid' is not reported"),
+    # values YAML cannot read: named with their key, on one line
+    ("search.space.train.lr_g={loguniform:[0,1]}", "search.space.train.lr_g={loguniform:[0,1]}: not a YAML value: "
+                                                   "found unexpected ':' while scanning a plain scalar (YAML wants"),
+    ("search.num_samples={a: 1", "search.num_samples={a: 1: not a YAML value: did not find expected ',' or '}'"),
 ])
 def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override, message):
     result = run_module("distgan.tune", "--config", "configs/tune-demo.yaml", f"run.root={tmp_path}",
@@ -280,6 +284,7 @@ def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override,
                         timeout=60)  # past the check, the search would wait for a cluster that is not there
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr[-500:]
+    assert result.stderr.count("error: ") == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert not list(tmp_path.iterdir()), "nothing written"
 
 

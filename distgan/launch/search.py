@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from distgan.config import Config, config_from_mapping, read_mapping, to_dict
+from distgan.config import Config, config_from_mapping, read_mapping, to_dict, unparsable_value
 from distgan.errors import ConfigError, first_line
 
 KINDS = ("choice", "uniform", "loguniform", "grid")
@@ -70,16 +70,25 @@ def load_search(path: str | None, overrides: list[str]) -> tuple[Config, SearchC
     # search.space.train.lr_g={...}: the space's keys are dotted training keys, not nested sections
     space_overrides = [o.removeprefix("space.") for o in search_overrides if o.startswith("space.")]
     search_overrides = [o for o in search_overrides if not o.startswith("space.")]
+    for item in search_overrides:  # a value YAML cannot read, named with its key (the merge below cannot)
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as exc:
+            raise unparsable_value(f"search.{item}", exc) from None
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SearchConfig), search_raw,
                                  OmegaConf.from_dotlist(search_overrides))
         search: SearchConfig = OmegaConf.to_object(merged)
-        for item in space_overrides:
-            key, _, value = item.partition("=")
-            search.space[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
     except Exception as exc:
         key = getattr(exc, "full_key", "")
-        raise ConfigError(f"search.{key}: {str(exc).splitlines()[0]}" if key else f"search: {exc}") from None
+        raise ConfigError(f"search.{key}: {str(exc).splitlines()[0]}" if key else f"search: {first_line(exc)}") \
+            from None
+    for item in space_overrides:
+        key, _, value = item.partition("=")
+        try:
+            search.space[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+        except Exception as exc:
+            raise unparsable_value(f"search.space.{item}", exc) from None
     validate_search(cfg, search)
     return cfg, search
 
