@@ -181,6 +181,8 @@ def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> 
     if isinstance(node, DictConfig):
         return ConfigError(f"{key} is a section, not a value: set its keys, e.g. {key}.KEY={value}")
     if not value.strip() and isinstance(node, str):  # YAML reads nothing as null
+        if OmegaConf.select(OmegaConf.structured(Config), key.strip()) != "":
+            return ConfigError(f"{key}: no value after '='")  # "" is not one of its values: no hint to write it
         return ConfigError(f"{key}: no value after '=' (an empty string is written {key}=\"\", with the quotes "
                            f"quoted for the shell: '{key}=\"\"')")
     return ConfigError(_one_line(exc))
@@ -224,6 +226,10 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
         try:
             cfg = OmegaConf.merge(cfg, mapping)
         except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", "") or ""
+            if key and isinstance(OmegaConf.select(cfg, key), ListConfig):  # metrics: swd for metrics: [swd]
+                value = OmegaConf.select(mapping, key)
+                raise ConfigError(f"{label}: {key}: a list, written {key.rsplit('.', 1)[-1]}: [{value}]") from None
             raise ConfigError(f"{label}: {_one_line(exc)}") from None
     for item in overrides or []:
         if "=" not in item:
@@ -260,6 +266,8 @@ def validate(cfg: Config) -> None:
     need(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
     need(m.channels in (1, 3), "model.channels", f"must be 1 or 3, got {m.channels}")
     need(0.0 <= m.critic_dropout < 1.0, "model.critic_dropout", f"must be in [0, 1), got {m.critic_dropout}")
+    need(bool(d.source), "data.source", "is empty: give a shard folder, a manifest.json, shard URLs, pipe:COMMAND "
+                                        "or demo")
     need(d.demo_images >= 1, "data.demo_images", f"must be >= 1, got {d.demo_images}")
     need(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     need(d.num_workers >= -1, "data.num_workers", f"must be >= 0, or -1 (from the cores), got {d.num_workers}")

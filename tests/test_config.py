@@ -125,6 +125,22 @@ def test_a_config_file_must_hold_key_value_pairs(tmp_path):
             load(str(listed))
 
 
+def test_a_hint_is_given_only_where_it_leads_somewhere(tmp_path):
+    """An empty value: how to write "" only for keys where "" means something (ray.address), not for data.source,
+    where "" is itself refused; a list written as a value in a config file: how to write the list."""
+    def message(path, *overrides) -> str:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, list(overrides))
+        return str(err.value)
+
+    assert message(None, "data.source=") == "data.source: no value after '='"
+    assert message(None, 'data.source=""').startswith("data.source: is empty: give a shard folder")
+    assert message(None, "ray.address=").startswith("ray.address: no value after '=' (an empty string is written")
+    as_value = tmp_path / "metrics.yaml"
+    as_value.write_text("eval: {metrics: swd}\n")
+    assert message(str(as_value)) == f"{as_value}: eval.metrics: a list, written metrics: [swd]"
+
+
 def test_local_paths_are_made_absolute_and_the_rest_left_alone(monkeypatch, tmp_path):
     """Relative paths mean the command's folder; Ray workers run elsewhere, and a run's stored config is read from
     anywhere. Every path-valued key is made absolute (eval.source and data.cache_dir were missed in Ray mode: the
