@@ -37,3 +37,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's message, over line breaks (torch's unpickling errors wrap mid-sentence;
+    its zip reader's run on for several sentences on one line)."""
+    text = " ".join(str(exc).split())
+    end = text.find(". ")
+    return (text[: end + 1] if end >= 0 else text) or type(exc).__name__

@@ -20,7 +20,22 @@ from distgan.config import expand_home, from_dict, load_config, to_dict, validat
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import ensure_writable_file
-from distgan.errors import DataSourceError
+from distgan.errors import DataSourceError, UserError
+
+
+# the config keys this command's flags set: a mistake in a flag is said with the flag's name
+FLAGS = {"eval.metrics": "metrics", "eval.num_samples": "num", "eval.num_real": "num_real", "eval.source": "data",
+         "eval.weights": "weights", "eval.batch_size": "batch_size", "eval.kid_subset_size": "kid_subset_size",
+         "data.cache_dir": "cache_dir"}
+
+
+def in_flag_terms(exc: UserError, args: argparse.Namespace) -> UserError:
+    """'eval.batch_size: must be >= 1' -> '--batch-size: must be >= 1' when the value came from --batch-size."""
+    text = str(exc)
+    for key, dest in FLAGS.items():
+        if text.startswith(f"{key}:") and getattr(args, dest) is not None:
+            return type(exc)(f"--{dest.replace('_', '-')}{text[len(key):]}")
+    return exc
 
 
 def build_config(run_config: dict, args: argparse.Namespace):
@@ -47,7 +62,10 @@ def build_config(run_config: dict, args: argparse.Namespace):
     if args.cache_dir:
         cfg.data.cache_dir = args.cache_dir
     cfg.run.mode, cfg.run.root = "local", "."  # evaluation writes no run folder; the run's own may be a URL
-    validate(cfg)
+    try:
+        validate(cfg)
+    except UserError as exc:
+        raise in_flag_terms(exc, args) from None
     return cfg
 
 
@@ -78,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         check_evaluation(cfg)
     except DataSourceError as exc:
         if args.data or not str(exc).startswith("data.source"):
-            raise
+            raise in_flag_terms(exc, args) from None
         # the run's own data set is gone or moved (runs store it absolute; older runs, relative to where they ran)
         raise DataSourceError(f"{exc} (the run's data set: --data names the reference data)") from None
     evaluator = Evaluator(cfg, Dist(), device)

@@ -54,16 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=64, help="single images to write")
     p.add_argument("--grid", type=int, default=64, help="images in grid.png")
-    p.add_argument("--interpolate", type=int, default=0, metavar="K", help="images per interpolation strip")
-    p.add_argument("--strips", type=int, default=8, help="interpolation strips (with --interpolate)")
+    p.add_argument("--interpolate", type=int, metavar="K", help="images per interpolation strip (K >= 2)")
+    p.add_argument("--strips", type=int, help="interpolation strips (with --interpolate; default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw-generator", action="store_true", help="use G instead of its EMA (full checkpoints only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     if args.num < 0 or args.grid < 1:
         raise UserError("--num must be >= 0 and --grid >= 1")
-    if args.interpolate == 1 or args.interpolate < 0 or args.strips < 1:
+    if args.strips is not None and args.interpolate is None:
+        raise UserError("--strips goes with --interpolate K (the images per strip)")
+    if args.interpolate is not None and (args.interpolate < 2 or (args.strips is not None and args.strips < 1)):
         raise UserError("--interpolate takes K >= 2 images per strip, --strips >= 1")
+    n_strips = args.strips if args.strips is not None else 8
     device = torch_device(args.device, "--device")
     G, info, _ = load_newest_generator(expand_home(args.source), ema=not args.raw_generator)
     out = ensure_writable(Path(args.out), "--out")  # before the work, not after it (and not for a wrong source)
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.num):
         save_image(images[i].add(1).div(2).clamp(0, 1), out / f"{i:06d}.png")
     if args.interpolate:
-        strips = interpolation_strips(G, args.interpolate, args.strips, args.seed, device)
+        strips = interpolation_strips(G, args.interpolate, n_strips, args.seed, device)
         save_image(grid(strips, nrow=args.interpolate), out / "interpolation.png")
     print(f"wrote {out / 'grid.png'} and {args.num} images from step {info['step']} to {out}"
           + (f", and {out / 'interpolation.png'}" if args.interpolate else ""))

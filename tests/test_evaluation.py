@@ -7,6 +7,7 @@ is tested with TinyFeatures (conftest.py), a small TorchScript network with the 
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +304,15 @@ def test_evaluate_command_on_a_run_and_a_checkpoint(tiny_config, tiny_features, 
     assert again.returncode == 0, again.stderr[-2000:]
     assert data["eval/swd"] == pytest.approx(float(again.stdout.split("swd")[1].split()[0]), rel=1e-3)
     bad = run_module("distgan.evaluate", str(tmp_path / "run"), "--metrics", "fid,bogus")
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: eval.metrics")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --metrics: ")
+    # a mistake in a flag is said with the flag's name, not the config key the flag sets
+    import distgan.evaluate
+
+    for flags, message in ((["--batch-size", "0"], "--batch-size: must be >= 1"),
+                           (["--num", "1"], "--num: must be >= 2"),
+                           (["--data", str(tmp_path / "nowhere")], f"--data: {tmp_path / 'nowhere'} does not exist")):
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            distgan.evaluate.main([str(tmp_path / "run"), "--metrics", "swd", *flags])
 
 
 def test_a_run_trained_with_relative_paths_is_evaluated_from_another_folder(tmp_path, demo_cache):

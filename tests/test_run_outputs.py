@@ -70,12 +70,30 @@ def test_run_directory_layout(finished_run: Path):
 
 def test_sample_cli_writes_grid_and_images(finished_run: Path, tmp_path):
     out = tmp_path / "samples"
-    result = run_module("distgan.sample", str(finished_run), "--out", str(out), "--num", "5", "--grid", "16")
+    result = run_module("distgan.sample", str(finished_run), "--out", str(out), "--num", "5", "--grid", "16",
+                        "--interpolate", "3", "--strips", "2")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png", "grid.png"]
+    assert names == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png", "grid.png",
+                     "interpolation.png"]
     assert Image.open(out / "000000.png").size == (16, 16)
     assert Image.open(out / "grid.png").size == (4 * 18 + 2, 4 * 18 + 2)  # 4x4 grid, 2 px padding
+    assert Image.open(out / "interpolation.png").size == (3 * 18 + 2, 2 * 18 + 2)  # K=3 per strip, 2 strips
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--interpolate", "0"], "--interpolate takes K >= 2"),
+    (["--interpolate", "1"], "--interpolate takes K >= 2"),
+    (["--interpolate", "3", "--strips", "0"], "--interpolate takes K >= 2 images per strip, --strips >= 1"),
+    (["--strips", "3"], "--strips goes with --interpolate K"),  # not silently ignored
+])
+def test_sample_flags_that_would_be_ignored_are_refused(finished_run: Path, tmp_path, flags, message):
+    import distgan.sample
+    from distgan.errors import UserError
+
+    with pytest.raises(UserError, match=f"^{message}"):
+        distgan.sample.main([str(finished_run), "--out", str(tmp_path / "o"), *flags])
+    assert not (tmp_path / "o").exists()
 
 
 def test_sample_cli_bad_checkpoint(tmp_path):
@@ -85,3 +103,12 @@ def test_sample_cli_bad_checkpoint(tmp_path):
         result = run_module("distgan.sample", str(target), "--out", str(tmp_path / "o"))
         assert result.returncode == 2
         assert "Traceback" not in result.stderr and result.stderr.strip().startswith("error:")
+    from distgan.engine.checkpoint import load_generator
+    from distgan.errors import UserError
+
+    picture = tmp_path / "000000.png"  # a sample handed over for a generator: torch's words, as a whole sentence
+    Image.new("RGB", (8, 8)).save(picture)
+    with pytest.raises(UserError, match=f"^{picture} is not a distgan checkpoint or generator export: A load "
+                                        f"persistent id instruction was encountered, but no persistent_load function "
+                                        f"was specified.$"):
+        load_generator(picture)

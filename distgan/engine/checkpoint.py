@@ -26,7 +26,7 @@ from distgan.config import Config, from_dict, to_dict
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
-from distgan.errors import StorageError, UnreadableFile, UserError, first_line
+from distgan.errors import StorageError, UnreadableFile, UserError, first_line, first_sentence
 from distgan.models import Generator, build_models
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,8 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
     except FileNotFoundError:
         raise UserError(f"{location} does not exist") from None
     except Exception as exc:
-        raise UnreadableFile(f"{location} is not a distgan checkpoint or generator export: {first_line(exc)}") \
-            from None
+        raise UnreadableFile(f"{location} is not a distgan checkpoint or generator export: "
+                             f"{first_sentence(exc)}") from None
     kind = data.get("format") if isinstance(data, dict) else None
     if kind == EXPORT_FORMAT:
         if not ema:
