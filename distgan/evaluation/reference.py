@@ -91,8 +91,9 @@ def data_version(source: str, urls: list[str]):
 
 def cache_key(cfg: Config, source: str, stream: ValidationStream, network_digest: str, keep: int) -> str:
     facts = {"urls": stream.urls, "counts": stream.counts, "version": data_version(source, stream.urls),
-             "images": stream.total, "size": cfg.model.image_size, "channels": cfg.model.channels, "network": network_digest,
-             "metrics": sorted(cfg.eval.metrics), "keep": keep, "preprocessing": PREPROCESSING}
+             "images": stream.total, "size": cfg.model.image_size, "channels": cfg.model.channels,
+             "network": network_digest, "metrics": sorted(cfg.eval.metrics), "keep": keep,
+             "preprocessing": PREPROCESSING}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
