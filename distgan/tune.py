@@ -29,7 +29,8 @@ from distgan.cli import run_main
 from distgan.config import Config, to_dict, to_yaml, with_absolute_paths
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import ConfigError
-from distgan.launch.search import SearchConfig, apply_params, load_search, tune_domain
+from distgan.launch.search import (ClampToSpace, SearchConfig, apply_params, load_search, pbt_mutation,
+                                   tune_domain)
 
 log = logging.getLogger("distgan.tune")
 
@@ -96,7 +97,8 @@ def scheduler(cfg: Config, search: SearchConfig, experiment: str):
                              reduction_factor=float(search.asha.get("reduction_factor", 2)))
     return PopulationBasedTraining(
         time_attr="step", perturbation_interval=cfg.eval.every,
-        hyperparam_mutations={key: tune_domain(spec) for key, spec in search.space.items()},
+        hyperparam_mutations={key: pbt_mutation(spec) for key, spec in search.space.items()},
+        custom_explore_fn=ClampToSpace(search.space),
         quantile_fraction=float(search.pbt.get("quantile_fraction", 0.5)),
         resample_probability=float(search.pbt.get("resample_probability", 0.25)),
         synch=bool(search.pbt.get("synch", False)))

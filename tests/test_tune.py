@@ -329,3 +329,56 @@ def test_a_trial_the_local_cluster_cannot_hold_besides_its_driver_is_refused(tmp
     assert result.returncode == 2, result.stderr[-2000:]
     assert "besides its driver's search.driver_cpus=0.1" in result.stderr.strip().splitlines()[-1], \
         result.stderr[-1000:]
+
+
+def test_pbt_explores_only_values_training_accepts():
+    """PBT perturbs a cloned config: a choice moves to a neighbouring value of its list (given to Ray as a domain, it
+    was multiplied by 0.8 or 1.2, off the list), and a uniform or loguniform value, multiplied, is clamped into its
+    range (a beta1 of 0.95 x 1.2 would be refused by the trial)."""
+    import random
+    from types import SimpleNamespace
+
+    from distgan.launch.search import apply_params, load_search
+    from distgan.tune import scheduler
+
+    # the file's space (lr_g, lr_d loguniform; n_critic a choice), n_critic's choices widened, and beta1
+    cfg, search = load_search(str(ROOT / "configs" / "tune-demo.yaml"), [
+        "search.scheduler=pbt", "search.space.train.beta1={uniform: [0.5, 0.95]}",
+        "search.space.train.lr_g={loguniform: [1.0e-4, 1.0e-3]}", "search.space.train.n_critic={choice: [1, 3, 5]}"])
+    assert sorted(search.space) == ["train.beta1", "train.lr_d", "train.lr_g", "train.n_critic"]
+    pbt = scheduler(cfg, search, "x")
+    random.seed(0)
+    seen = {"train.n_critic": set(), "train.beta1": set()}
+    for start in ({"train.beta1": 0.95, "train.lr_g": 1.0e-3, "train.lr_d": 2.0e-3, "train.n_critic": 5},
+                  {"train.beta1": 0.5, "train.lr_g": 1.0e-4, "train.lr_d": 5.0e-5, "train.n_critic": 1},
+                  {"train.beta1": 0.7, "train.lr_g": 3.0e-4, "train.lr_d": 3.0e-4, "train.n_critic": 3}):
+        for _ in range(100):
+            new, _ = pbt._get_new_config(None, SimpleNamespace(config=dict(start)))
+            apply_params(cfg, new)  # raises if training would refuse it
+            assert new["train.n_critic"] in (1, 3, 5) and 0.5 <= new["train.beta1"] <= 0.95
+            assert 1.0e-4 <= new["train.lr_g"] <= 1.0e-3 and 5.0e-5 <= new["train.lr_d"] <= 2.0e-3
+            seen["train.n_critic"].add(new["train.n_critic"])
+            seen["train.beta1"].add(new["train.beta1"])
+    assert seen["train.n_critic"] == {1, 3, 5} and {0.5, 0.95} <= seen["train.beta1"]  # explored, and clamped
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.space.train.n_critic={uniform: [1, 5]}"],
+     "search.space.train.n_critic: uniform samples floats, and train.n_critic takes int values: use choice"),
+    # each value alone is fine; together a worker would get no sample
+    (["search.space.train.batch_size={choice: [2, 64]}", "search.space.ray.num_workers={choice: [1, 4]}"],
+     "search.space: a trial could get "),
+    (["search.space.eval.every={choice: [25, 50]}"], "search.space.eval.every: is the search's schedule"),
+    (["search.asha.reduction_factor=1"], "search.asha.reduction_factor: must be a number > 1, got 1"),
+    (["search.asha.grace_period=abc"], "search.asha.grace_period: must be an integer >= 0, got 'abc'"),
+    (["search.scheduler=pbt", "search.pbt.quantile_fraction=0.8"], "search.pbt.quantile_fraction: must be a number in [0, 0.5], got 0.8"),
+])
+def test_searches_trials_would_fail_in_are_refused_up_front(overrides, message):
+    """What Ray's schedulers or the trials would refuse (with a traceback, or a failed trial each) is one line before
+    the search starts."""
+    from distgan.errors import ConfigError
+    from distgan.launch.search import load_search
+
+    with pytest.raises(ConfigError) as err:
+        load_search(str(ROOT / "configs" / "tune-demo.yaml"), overrides)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

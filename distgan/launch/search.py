@@ -22,6 +22,7 @@ metric, PBT over a key it cannot change in a live run) is a ConfigError naming t
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -35,6 +36,10 @@ KINDS = ("choice", "uniform", "loguniform", "grid")
 SCHEDULERS = ("asha", "pbt")
 # what PBT may change in a running trial: applied to the live optimizers and step schedule after an exploit
 PBT_MUTABLE = ("train.lr_g", "train.lr_d", "train.beta1", "train.beta2", "train.n_critic", "train.gp_weight")
+# the search's own schedule, the same for every trial: ASHA's rungs and PBT's interval are at the base eval.every,
+# where every report carries a checkpoint, and ASHA's max_t is the base train.steps
+SCHEDULE_KEYS = ("eval.every", "log.checkpoint_every", "train.steps")
+COMBINATIONS_CHECKED = 4096  # at most this many combinations of the space's values are validated together
 
 
 @dataclass
@@ -116,8 +121,34 @@ def validate_search(cfg: Config, s: SearchConfig) -> None:
         section = known.get(parts[0]) if len(parts) == 2 else None
         need(isinstance(section, dict) and parts[1] in section, f"space.{key}", "is not a training config key")
         need(parts[0] not in ("run",), f"space.{key}", "run.* cannot be searched (each trial has its own folder)")
+        need(key not in SCHEDULE_KEYS, f"space.{key}", "is the search's schedule, the same for every trial (rungs, "
+                                                      "PBT's interval and the checkpoints are at the base value)")
         check_domain(f"space.{key}", spec, need)
+        base = section[parts[1]]
+        need(not (isinstance(spec, dict) and next(iter(spec)) in ("uniform", "loguniform") and isinstance(base, int)),
+             f"space.{key}", f"{next(iter(spec)) if isinstance(spec, dict) else ''} samples floats, and {key} takes "
+                             f"{type(base).__name__} values: use choice")
         check_values(cfg, key, spec)
+    check_combinations(cfg, s.space)
+    unknown = set(s.asha) - {"grace_period", "reduction_factor"}
+    need(not unknown, "asha", f"unknown keys {sorted(unknown)}")
+    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability", "synch"}
+    need(not unknown, "pbt", f"unknown keys {sorted(unknown)}")
+    # the schedulers' own checks would be a traceback after the search has started
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    checks = [("asha.grace_period", s.asha.get("grace_period", 0), lambda v: number(v) and v >= 0 and v == int(v),
+               "an integer >= 0"),
+              ("asha.reduction_factor", s.asha.get("reduction_factor", 2), lambda v: number(v) and v > 1,
+               "a number > 1"),
+              ("pbt.quantile_fraction", s.pbt.get("quantile_fraction", 0.5), lambda v: number(v) and 0 <= v <= 0.5,
+               "a number in [0, 0.5]"),
+              ("pbt.resample_probability", s.pbt.get("resample_probability", 0.25),
+               lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+              ("pbt.synch", s.pbt.get("synch", False), lambda v: isinstance(v, bool), "true or false")]
+    for key, value, ok, what in checks:
+        need(ok(value), key, f"must be {what}, got {value!r}")
     if s.scheduler == "asha":
         first_rung = max(cfg.eval.every, int(s.asha.get("grace_period", 0)))
         need(first_rung <= cfg.train.steps, "asha.grace_period",
@@ -132,10 +163,6 @@ def validate_search(cfg: Config, s: SearchConfig) -> None:
                  f"PBT can only mutate {', '.join(PBT_MUTABLE)} in a live run (search it with asha instead)")
             need(isinstance(s.space[key], dict) and "grid" not in s.space[key], f"space.{key}",
                  "PBT needs a choice, uniform or loguniform domain to resample from (not grid, not a value)")
-    unknown = set(s.asha) - {"grace_period", "reduction_factor"}
-    need(not unknown, "asha", f"unknown keys {sorted(unknown)}")
-    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability", "synch"}
-    need(not unknown, "pbt", f"unknown keys {sorted(unknown)}")
 
 
 def check_domain(where: str, spec: Any, need) -> None:
@@ -167,6 +194,50 @@ def check_values(cfg: Config, key: str, spec: Any) -> None:
             raise ConfigError(f"search.space.{key}: {value!r} is not a valid value: {exc}") from None
         except Exception as exc:  # the config's types (a string for a float key)
             raise ConfigError(f"search.space.{key}: {value!r} is not a valid value: {first_line(exc)}") from None
+
+
+def corner_values(spec: Any) -> list:
+    """The values of a space entry that stand for all of it: a plain value, each choice or grid value, both bounds."""
+    return next(iter(spec.values())) if isinstance(spec, dict) else [spec]
+
+
+def check_combinations(cfg: Config, space: dict) -> None:
+    """Every combination of the keys' values (check_values tried each key alone) is valid together: a global batch
+    smaller than a searched worker count, say, is one line now, not a failed trial. Up to COMBINATIONS_CHECKED."""
+    keys = list(space)
+    if len(keys) < 2:
+        return
+    for combination in itertools.islice(itertools.product(*(corner_values(space[k]) for k in keys)),
+                                        COMBINATIONS_CHECKED):
+        params = dict(zip(keys, combination))
+        try:
+            apply_params(cfg, params)
+        except ConfigError as exc:
+            values = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise ConfigError(f"search.space: a trial could get {values}, which training refuses: {exc}") from None
+
+
+def pbt_mutation(spec: Any):
+    """A search.space entry as PBT's mutation: a choice as its list, so that PBT moves to a neighbouring value (a
+    Ray domain would be multiplied by 0.8 or 1.2, off the list); uniform and loguniform as domains (multiplied,
+    then clamped into the range by ClampToSpace)."""
+    kind, values = next(iter(spec.items()))
+    return list(values) if kind == "choice" else tune_domain(spec)
+
+
+class ClampToSpace:
+    """PBT's custom_explore_fn: a perturbed uniform or loguniform value back into its [low, high] (x1.2 of a beta2
+    of 0.9 would be 1.08, which training refuses)."""
+
+    def __init__(self, space: dict):
+        self.ranges = {key: next(iter(spec.values())) for key, spec in space.items()
+                       if isinstance(spec, dict) and next(iter(spec)) in ("uniform", "loguniform")}
+
+    def __call__(self, config: dict) -> dict:
+        for key, (low, high) in self.ranges.items():
+            if key in config:
+                config[key] = min(max(config[key], low), high)
+        return config
 
 
 def tune_domain(spec: Any):
