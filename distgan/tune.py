@@ -29,8 +29,8 @@ from distgan.cli import run_main
 from distgan.config import Config, to_dict, to_yaml, with_absolute_paths
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import ConfigError
-from distgan.launch.search import (ClampToSpace, SearchConfig, apply_params, load_search, pbt_mutation,
-                                   tune_domain)
+from distgan.launch.search import (ClampToSpace, SearchConfig, apply_params, first_rung, load_search, pbt_mutation,
+                                   scheduler_settings, tune_domain)
 
 log = logging.getLogger("distgan.tune")
 
@@ -91,17 +91,16 @@ def scheduler(cfg: Config, search: SearchConfig, experiment: str):
 
     from distgan.launch.asha import ResumableASHA
 
+    asha, pbt = scheduler_settings(search)
     if search.scheduler == "asha":
-        return ResumableASHA(experiment, time_attr="step", max_t=cfg.train.steps,
-                             grace_period=max(cfg.eval.every, int(search.asha.get("grace_period", 0))),
-                             reduction_factor=float(search.asha.get("reduction_factor", 2)))
+        return ResumableASHA(experiment, time_attr="step", max_t=cfg.train.steps, grace_period=first_rung(cfg, asha),
+                             reduction_factor=float(asha["reduction_factor"]))
     return PopulationBasedTraining(
         time_attr="step", perturbation_interval=cfg.eval.every,
         hyperparam_mutations={key: pbt_mutation(spec) for key, spec in search.space.items()},
         custom_explore_fn=ClampToSpace(search.space),
-        quantile_fraction=float(search.pbt.get("quantile_fraction", 0.5)),
-        resample_probability=float(search.pbt.get("resample_probability", 0.25)),
-        synch=bool(search.pbt.get("synch", False)))
+        quantile_fraction=float(pbt["quantile_fraction"]), resample_probability=float(pbt["resample_probability"]),
+        synch=bool(pbt["synch"]))
 
 
 def trial_rows(results, cfg: Config, search: SearchConfig) -> list[dict[str, Any]]:

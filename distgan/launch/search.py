@@ -40,6 +40,9 @@ PBT_MUTABLE = ("train.lr_g", "train.lr_d", "train.beta1", "train.beta2", "train.
 # where every report carries a checkpoint, and ASHA's max_t is the base train.steps
 SCHEDULE_KEYS = ("eval.every", "log.checkpoint_every", "train.steps")
 COMBINATIONS_CHECKED = 4096  # at most this many combinations of the space's values are validated together
+# the schedulers' settings (search.asha, search.pbt) and their defaults
+ASHA_DEFAULTS = {"grace_period": 0, "reduction_factor": 2}
+PBT_DEFAULTS = {"quantile_fraction": 0.5, "resample_probability": 0.25, "synch": False}
 
 
 @dataclass
@@ -56,6 +59,16 @@ class SearchConfig:
     space: dict = field(default_factory=dict)
     asha: dict = field(default_factory=dict)
     pbt: dict = field(default_factory=dict)
+
+
+def scheduler_settings(s: "SearchConfig") -> tuple[dict, dict]:
+    """(asha, pbt): the defaults with the search's own settings on top."""
+    return {**ASHA_DEFAULTS, **s.asha}, {**PBT_DEFAULTS, **s.pbt}
+
+
+def first_rung(cfg: Config, asha: dict) -> int:
+    """ASHA's first rung: its grace period, but no earlier than the first evaluation (the first report)."""
+    return max(cfg.eval.every, int(asha["grace_period"]))
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -130,29 +143,30 @@ def validate_search(cfg: Config, s: SearchConfig) -> None:
                              f"{type(base).__name__} values: use choice")
         check_values(cfg, key, spec)
     check_combinations(cfg, s.space)
-    unknown = set(s.asha) - {"grace_period", "reduction_factor"}
+    unknown = set(s.asha) - set(ASHA_DEFAULTS)
     need(not unknown, "asha", f"unknown keys {sorted(unknown)}")
-    unknown = set(s.pbt) - {"quantile_fraction", "resample_probability", "synch"}
+    unknown = set(s.pbt) - set(PBT_DEFAULTS)
     need(not unknown, "pbt", f"unknown keys {sorted(unknown)}")
+    asha, pbt = scheduler_settings(s)
     # the schedulers' own checks would be a traceback after the search has started
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    checks = [("asha.grace_period", s.asha.get("grace_period", 0), lambda v: number(v) and v >= 0 and v == int(v),
+    checks = [("asha.grace_period", asha["grace_period"], lambda v: number(v) and v >= 0 and v == int(v),
                "an integer >= 0"),
-              ("asha.reduction_factor", s.asha.get("reduction_factor", 2), lambda v: number(v) and v > 1,
+              ("asha.reduction_factor", asha["reduction_factor"], lambda v: number(v) and v > 1,
                "a number > 1"),
-              ("pbt.quantile_fraction", s.pbt.get("quantile_fraction", 0.5), lambda v: number(v) and 0 <= v <= 0.5,
+              ("pbt.quantile_fraction", pbt["quantile_fraction"], lambda v: number(v) and 0 <= v <= 0.5,
                "a number in [0, 0.5]"),
-              ("pbt.resample_probability", s.pbt.get("resample_probability", 0.25),
+              ("pbt.resample_probability", pbt["resample_probability"],
                lambda v: number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-              ("pbt.synch", s.pbt.get("synch", False), lambda v: isinstance(v, bool), "true or false")]
+              ("pbt.synch", pbt["synch"], lambda v: isinstance(v, bool), "true or false")]
     for key, value, ok, what in checks:
         need(ok(value), key, f"must be {what}, got {value!r}")
     if s.scheduler == "asha":
-        first_rung = max(cfg.eval.every, int(s.asha.get("grace_period", 0)))
-        need(first_rung <= cfg.train.steps, "asha.grace_period",
-             f"ASHA's first rung, at step {first_rung} (the larger of eval.every and search.asha.grace_period), is "
+        rung = first_rung(cfg, asha)
+        need(rung <= cfg.train.steps, "asha.grace_period",
+             f"ASHA's first rung, at step {rung} (the larger of eval.every and search.asha.grace_period), is "
              f"past train.steps={cfg.train.steps}")
     if s.scheduler == "pbt":
         need(cfg.eval.every < cfg.train.steps, "pbt",
