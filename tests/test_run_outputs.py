@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_module
@@ -43,22 +44,29 @@ def test_tensorboard_events_read_back(finished_run: Path):
 
 
 def test_a_restarted_attempt_replaces_what_the_failed_one_logged_past_its_start(tmp_path):
-    """An attempt that died after logging steps 10-30 is followed by one from scratch (it died before its first
-    checkpoint), then by one resumed at step 20: TensorBoard shows each step once, with the latest attempt's value."""
+    """An attempt that died after logging steps 0 (eval.at_start) to 30 is followed by one from scratch (it died
+    before its first checkpoint), then by one resumed at step 20: TensorBoard shows each step once, with the latest
+    attempt's value, and each attempt's config at the step it started at."""
     from distgan.engine.logger import RunLogger
 
     def attempt(start: int, steps: list[int], value: float) -> None:
         logger = RunLogger(str(tmp_path), 100, start, progress=False)
+        logger.config(f"attempt {value}")
         for step in steps:
             logger.scalars(step, {"loss/critic": value, "dist/world_size": value})
         logger.close()
 
-    attempt(0, [10, 20, 30], 1.0)
-    attempt(0, [10, 20], 2.0)
+    attempt(0, [0, 10, 20, 30], 1.0)
+    attempt(0, [0, 10, 20], 2.0)
     attempt(20, [30, 40], 3.0)
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
     for tag in ("loss/critic", "dist/world_size"):  # every tag: TensorBoard's own fallback purges only one
-        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(10, 2.0), (20, 2.0), (30, 3.0), (40, 3.0)], tag
+        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(0, 2.0), (10, 2.0), (20, 2.0), (30, 3.0),
+                                                                 (40, 3.0)], tag
+    # the text plugin's view: the TensorBoard server's accumulator (the legacy one above purges no tensors)
+    served = plugin_event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    configs = [(e.step, e.tensor_proto.string_val[0].decode()) for e in served.Tensors("config/text_summary")]
+    assert configs == [(0, "```\nattempt 2.0\n```"), (20, "```\nattempt 3.0\n```")]
 
 
 def test_run_directory_layout(finished_run: Path):

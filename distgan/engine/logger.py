@@ -23,9 +23,11 @@ class RunLogger:
     """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
 
     def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool):
-        # purge_step: TensorBoard drops what an earlier attempt logged past the step this one starts at, also when
-        # it starts from scratch (an attempt that died before its first checkpoint)
-        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1)
+        # purge_step: TensorBoard drops what an earlier attempt logged past the step this one resumes at (that
+        # step's own values came with its checkpoint), and everything, step 0's evaluation included, when it starts
+        # from scratch (an attempt that died before its first checkpoint)
+        self.start_step = start_step
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else 0)
         interactive = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
         self.last_line = time.time()
@@ -42,7 +44,8 @@ class RunLogger:
         writer.flush()
 
     def config(self, yaml_text: str) -> None:
-        self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
+        """At the step this attempt starts at: a resume may change the config, and TensorBoard keeps each."""
+        self.writer.add_text("config", "```\n" + yaml_text + "\n```", self.start_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
