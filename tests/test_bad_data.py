@@ -128,13 +128,18 @@ def test_resumed_stream_counts_bad_data_once(bad_set):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_training_batches_count_bad_samples_across_loader_workers(bad_set, workers):
-    urls, _ = resolve_source(str(bad_set))
+def test_training_batches_count_bad_samples_across_loader_workers(tmp_path, workers):
+    """4 shards, each a bad sample then 4 good images. Either way the 20 batches of 4 are 5 passes over the 16
+    good images, each pass past 4 bad samples first: 20 in all, from one process or summed over two loader workers
+    (2 shards and 10 bad samples each)."""
+    for i in range(4):
+        write_shard(str(tmp_path), i, [{"__key__": f"x{i}", "txt": b"no image"}] + good(f"s{i}-", 4))
+    urls = [str(tmp_path / shard_name(i)) for i in range(4)]
     real = RealBatches(ShardStream(urls, 4, SIZE, num_workers=workers, shuffle_buffer=0), workers,
                        torch.device("cpu"))
-    for _ in range(20):  # 80 images: every unit passes its shards at least once
+    for _ in range(20):
         assert real().shape == (4, 3, SIZE, SIZE)
-    assert real.bad_samples >= 4
+    assert real.bad_samples == 20
 
 
 @pytest.mark.timeout(60)
@@ -162,10 +167,11 @@ def test_unreadable_shard_url_is_skipped_and_named(bad_set, caplog):
 @pytest.mark.timeout(120)
 def test_bad_sample_count_reaches_tensorboard(bad_set, tiny_config, tmp_path):
     cfg = tiny_config(f"data.source={bad_set}", "train.steps=2", "train.batch_size=8", "data.shuffle_buffer=0")
-    train_local(cfg, tmp_path / "run")
+    state = train_local(cfg, tmp_path / "run")
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     values = [e.value for e in acc.Scalars("data/bad_samples")]
-    assert values[-1] >= 1  # 2 steps x 2 critic batches x 8 = 32 images: past shard 0 or 2 at least once
+    # 2 steps x 2 critic batches x 8 = 32 images: more than the 26 good ones, so past all 4 bad cases of a pass
+    assert values[-1] == sum(state.data_state["bad"].values()) >= 4
 
 
 @pytest.mark.timeout(60)

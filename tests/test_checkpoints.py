@@ -95,9 +95,10 @@ def test_kill_9_during_writes_never_loses_the_checkpoint(tiny_config, tmp_path):
     cfg = tiny_config("model.width=32", "model.image_size=32")  # ~4 MB per checkpoint
     payload = payload_for(cfg, 0)
     directory = tmp_path / "checkpoints"
+    FolderCheckpoints(directory, keep=2).save(0, payload, {})  # from here on there is always one to lose
     fork = multiprocessing.get_context("fork")
     rng = random.Random(0)
-    caught_mid_write = 0
+    caught_mid_write, newest_before = 0, 0
     for attempt in range(20):
         writer = fork.Process(target=write_forever, args=(str(directory), payload), daemon=True)
         writer.start()
@@ -105,17 +106,20 @@ def test_kill_9_during_writes_never_loses_the_checkpoint(tiny_config, tmp_path):
         while not list(directory.glob(".*.tmp")) and time.time() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.02))
-        caught_mid_write += bool(list(directory.glob(".*.tmp")))
+        # the step being written when the kill comes is this one or a later one (the writer only goes forward)
+        writing = [int(p.name.split(".")[1].split("-")[1]) for p in directory.glob(".ckpt-*.tmp")]
+        caught_mid_write += bool(writing)
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
         store = FolderCheckpoints(directory, keep=2)  # what a rerun sees: stale temporaries removed
         assert not list(directory.glob(".*.tmp"))
         latest = store.load_latest()
-        if not store.steps():  # killed inside the very first write: nothing to resume, nothing lost
-            assert latest is None
-            continue
+        assert latest is not None, f"attempt {attempt}: the kill lost every checkpoint"
         check_payload(latest)
         assert latest["step"] == max(store.steps()), f"attempt {attempt}: the newest file is not the one loaded"
+        floor = max([newest_before] + [step - 1 for step in writing])
+        assert latest["step"] >= floor, f"attempt {attempt}: step {latest['step']} loaded, {floor} was complete"
+        newest_before = latest["step"]
         assert torch.equal(latest["state"]["G"]["net.0.weight"], payload["state"]["G"]["net.0.weight"])
     assert caught_mid_write >= 10, "the kills should mostly land inside a write"
 

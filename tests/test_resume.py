@@ -42,11 +42,12 @@ def step_counter(monkeypatch):
     return calls
 
 
-# num_workers=2 also checks that loader workers pick up their own stream positions in the right order
+# num_workers=2 also checks that loader workers pick up their own stream positions in the right order: n_critic=3
+# makes the checkpoint fall after an odd number of batches (9), where the loader's round robin is mid-turn
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_bitwise_exact(tiny_config, tmp_path, workers, step_counter):
     k = 3
-    common = [f"data.num_workers={workers}", "model.critic_dropout=0.3", "log.checkpoint_every=2"]
+    common = [f"data.num_workers={workers}", "model.critic_dropout=0.3", "log.checkpoint_every=2", "train.n_critic=3"]
     straight = train_local(tiny_config(*common, f"train.steps={2 * k}"), tmp_path / "straight")
 
     first = train_local(tiny_config(*common, f"train.steps={k}"), tmp_path / "resumed")
@@ -67,7 +68,7 @@ def test_a_restart_with_other_cores_keeps_the_checkpoints_loader_workers(tiny_co
     import os
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # 2 cores: auto means 0 loader processes
-    k, common = 3, ["model.critic_dropout=0.3", "log.checkpoint_every=2"]
+    k, common = 3, ["model.critic_dropout=0.3", "log.checkpoint_every=2", "train.n_critic=3"]  # 9 batches: odd
     straight = train_local(tiny_config("data.num_workers=2", *common, f"train.steps={2 * k}"), tmp_path / "straight")
     for name in ("auto", "explicit"):
         train_local(tiny_config("data.num_workers=2", *common, f"train.steps={k}"), tmp_path / name)

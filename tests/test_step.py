@@ -69,6 +69,12 @@ def test_ema_tracks_generator(tiny_config):
     train_step(state, lambda: torch.rand(16, 3, 16, 16) * 2 - 1, cfg.train, Dist())
     for e0, g0, e1, g1 in zip(before, g_before, state.G_ema.parameters(), state.G.parameters()):
         torch.testing.assert_close(e1, 0.5 * e0 + 0.5 * g1)
+    # the BatchNorm statistics are copied, not averaged: G_ema samples in eval mode with them
+    buffers = dict(state.G.named_buffers())
+    means = [b for name, b in buffers.items() if name.endswith("running_mean")]
+    assert means and all(b.abs().sum() > 0 for b in means)  # the step moved them from their initial zeros
+    for name, ema_buffer in state.G_ema.named_buffers():
+        assert torch.equal(ema_buffer, buffers[name]), name
 
 
 class LinearCritic(torch.nn.Module):
