@@ -39,6 +39,8 @@ def main() -> int:
     p.add_argument("--json", default="")
     p.add_argument("bench_args", nargs="*", help="after --: distgan.bench options (--modes, --steps, ...)")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
     settings = {"A": args.a, "B": args.b}
     results: dict[str, list[dict]] = {"A": [], "B": []}
     for r in range(args.rounds):

@@ -92,13 +92,20 @@ def main() -> None:
     args = p.parse_args()
     if not 2 <= args.reference <= 4096:
         p.error("--reference must be within 2..4096")
+    if args.cost_images < 1 or args.batch < 1:
+        p.error("--cost-images and --batch must be >= 1")
+    try:
+        sizes = [int(s) for s in args.bias_sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--bias-sizes takes comma-separated numbers, got {args.bias_sizes!r}")
+    if any(not 2 <= n <= 4096 for n in sizes):  # generated sets are compared with the data's second half: 4096
+        p.error(f"--bias-sizes must each be within 2..4096, got {args.bias_sizes}")
     device = torch.device(args.device)
     network = load_feature_network(device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     seconds = cost(network, device, args.cost_images, args.batch)
     print(f"{name}: {seconds:.1f} s per 1,000 samples (Inception at 299 px, seed generator at 64 px)", flush=True)
     result = {"device": name, "seconds_per_1000": seconds, "reference": args.reference, "bias": []}
-    sizes = [int(s) for s in args.bias_sizes.split(",") if s.strip()]
     if sizes:
         result["bias"] = bias(network, device, sizes, args.batch, args.cache, args.reference)
     if args.json:

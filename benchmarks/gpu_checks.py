@@ -65,6 +65,8 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default="cuda", help="cuda (what it is for); cpu only to try the script")
     a = p.parse_args()
+    if a.batch < 2 or a.steps < 1:
+        p.error("--batch must be >= 2, --steps >= 1")
     global DEVICE
     DEVICE = a.device
     # the reference: plain fp32 and cuDNN's first convolution (gemm_first_conv's auto would switch it on on CUDA)

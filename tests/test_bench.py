@@ -32,7 +32,22 @@ def test_bench_smoke(tmp_path, demo_cache):
     host = local["host"]  # the host counters over the timed steps (Linux /proc)
     assert host["minor_faults_per_step"] >= 0 and host["cpu_wait_ms_per_step"] >= 0
     assert host["others_cpu_ms_per_step"] >= 0 and isinstance(host["top_others"], dict)
+    assert host["children_cpu_ms_per_step"] >= 0  # the loader's processes, apart from the others
+    assert plain["host"]["minor_faults_per_step"] >= 0 and plain["images_per_s"] == plain["steps_per_s"] * 16 * 3
+    assert (data["warmup"], data["repeats"], data["modes"]) == (1, 1, ["local", "plain", "eval"])
+    assert data["config_summary"].endswith("fp32, channels_last False, gemm_first_conv False, compile False")
     assert "local / plain:" in result.stdout and "loader alone" in result.stdout and "page faults/step" in result.stdout
+
+
+def test_the_plain_loop_alone_needs_no_data(tmp_path):
+    """--modes plain reads no shards (its images are made in memory), so a config's missing data is no error."""
+    out = tmp_path / "bench.json"
+    result = run_module("distgan.bench", "--steps", "1", "--warmup", "0", "--repeats", "1", "--modes", "plain",
+                        "data.source=/nonexistent/shards", "model.width=4", "model.z_dim=8", "model.image_size=16",
+                        "train.batch_size=4", "train.fresh_real_per_critic_step=false", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = json.loads(out.read_text())["plain"]
+    assert plain["images_per_s"] == plain["steps_per_s"] * 4  # one real batch per generator step
 
 
 def test_cuda_graph_probe_runs_its_eager_half_on_a_cpu(tmp_path):
@@ -93,3 +108,54 @@ def test_bench_ray_modes_on_a_two_node_cluster(ray_cluster, tmp_path, demo_cache
         assert mode["steps_per_s"] > 0 and set(mode["split"]) == {"data", "critic", "allreduce", "generator"}
         assert mode["host"]["minor_faults_per_step"] >= 0 and mode["host"]["cpu_wait_ms_per_step"] >= 0
     assert "ray1 / local_beside_ray:" in result.stdout
+
+
+def test_the_plain_loop_is_distgans_model_batch_and_real_batches(tiny_config):
+    """The baseline does the same work as distgan's step: the same FLOPs per generator step (same networks,
+    channels included, batch and n_critic), and one real batch per critic update, or one per generator step with
+    train.fresh_real_per_critic_step=false."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plain_wgangp import plain_step
+
+    from distgan.engine.distributed import Dist
+    from distgan.engine.flops import count_flops, count_step_flops
+    from distgan.engine.state import TrainState
+    from distgan.engine.step import train_step
+
+    class CountDraws(TorchDispatchMode):
+        """How many real batches the plain loop draws: its only randint."""
+        draws = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.draws += func._overloadpacket.__name__ == "randint"
+            return func(*args, **(kwargs or {}))
+
+    for fresh in (True, False):
+        cfg = tiny_config("model.channels=1", "train.n_critic=3", "train.batch_size=8",
+                          f"train.fresh_real_per_critic_step={fresh}", "model.critic_dropout=0.3")
+        m, t = cfg.model, cfg.train
+        state = TrainState.create(cfg, torch.device("cpu"), Dist())
+        ours = count_step_flops(state, lambda: train_step(state, lambda: torch.rand(8, 1, 16, 16) * 2 - 1, t, Dist()))
+        step = plain_step(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, torch.device("cpu"),
+                          dropout=m.critic_dropout, channels=m.channels, fresh_real=fresh)
+        assert count_flops(step) == ours
+        with CountDraws() as counter:
+            step()
+        assert counter.draws == (3 if fresh else 1)
+
+
+def test_mfu_peaks_by_device_name():
+    """perf/mfu divides by the dense peak of the GPU torch names: the NVL and PCIe parts have their own (an SXM
+    H100's would understate their MFU by 1.18x and 1.31x); an unknown GPU gets none, so no MFU is logged."""
+    from distgan.engine.flops import peak_of
+
+    assert peak_of("NVIDIA H100 80GB HBM3", bf16=True, tf32=True) == 989e12
+    assert peak_of("NVIDIA H100 NVL", bf16=True, tf32=True) == 835e12
+    assert peak_of("NVIDIA H100 PCIe", bf16=False, tf32=True) == 378e12
+    assert peak_of("NVIDIA H200 NVL", bf16=False, tf32=False) == 60e12
+    assert peak_of("NVIDIA H200", bf16=True, tf32=True) == 989e12
+    assert peak_of("NVIDIA A100-SXM4-80GB", bf16=False, tf32=True) == 156e12
+    assert peak_of("NVIDIA L4", bf16=True, tf32=True) is None

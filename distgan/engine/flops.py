@@ -4,7 +4,7 @@ The count covers what one rank executes in one generator step: n_critic critic u
 critic forward on real and fake, the penalty's forward, input gradient and its double backward, the critic's
 backward) and the generator update; convolutions and matmuls, as FlopCounterMode counts them. MFU divides
 counted FLOPs per second by the device's dense peak for the precision the step runs in. Peaks are known for a
-few devices only (vendor datasheets, dense, SXM parts); elsewhere perf/mfu is not logged.
+few devices only (vendor datasheets, dense; SXM, NVL and PCIe parts); elsewhere perf/mfu is not logged.
 """
 
 from __future__ import annotations
@@ -15,24 +15,31 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-# TFLOP/s, dense: (bf16, tf32, fp32 without tensor cores)
+# TFLOP/s, dense: (bf16, tf32, fp32 without tensor cores), by a part of the name torch.cuda.get_device_name gives;
+# the first match counts, so the NVL and PCIe parts (lower clocks and power) come before their SXM namesakes
 PEAKS = (
+    ("H100 NVL", (835.0, 417.0, 60.0)),
     ("H100 PCIe", (756.0, 378.0, 51.0)),
     ("H100", (989.0, 494.0, 67.0)),
+    ("H200 NVL", (835.0, 417.0, 60.0)),
     ("H200", (989.0, 494.0, 67.0)),
     ("A100", (312.0, 156.0, 19.5)),
 )
+
+
+def peak_of(name: str, bf16: bool, tf32: bool) -> Optional[float]:
+    """FLOP/s of the GPU so named at the step's precision, or None where its peak is not in PEAKS."""
+    for key, (p_bf16, p_tf32, p_fp32) in PEAKS:
+        if key in name:
+            return 1e12 * (p_bf16 if bf16 else p_tf32 if tf32 else p_fp32)
+    return None
 
 
 def peak_flops(device: torch.device, bf16: bool, tf32: bool) -> Optional[float]:
     """FLOP/s of the device at the step's precision, or None where the peak is not known (a CPU, other GPUs)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, (p_bf16, p_tf32, p_fp32) in PEAKS:
-        if key in name:
-            return 1e12 * (p_bf16 if bf16 else p_tf32 if tf32 else p_fp32)
-    return None
+    return peak_of(torch.cuda.get_device_name(device), bf16, tf32)
 
 
 class _FlopCounter(TorchDispatchMode):

@@ -43,6 +43,14 @@ def eval_line(step: int, results: dict[str, float]) -> str:
     return f"step {step} " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items())
 
 
+def tally(step: int, metrics: dict[str, torch.Tensor], watch: NonFiniteWatch, sums: dict[str, torch.Tensor]) -> None:
+    """The loop's work after every train_step (distgan.bench times it too): the NaN watch and the metric sums,
+    on the device, without a host sync."""
+    watch.observe(step, metrics)
+    for k, v in metrics.items():
+        sums[k] = sums.get(k, 0) + v
+
+
 def best_so_far(best: dict) -> dict[str, float]:
     """The best evaluation as flat metrics, e.g. {"best/eval/fid": 31.2, "best/step": 40000}."""
     return {f"best/{best['metric']}": best["value"], "best/step": float(best["step"])} if best else {}
@@ -199,10 +207,8 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             metrics = box["m"]
         else:
             metrics = train_step(state, real, t, dist)
-        watch.observe(state.step, metrics)
+        tally(state.step, metrics, watch, sums)
         state.images_seen += images_per_step
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0) + v
         steps_since += 1
         step, last = state.step, state.step == t.steps
         stopping = preempted = False
