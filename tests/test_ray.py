@@ -88,15 +88,23 @@ def test_worker_killed_run_recovers(cluster, tmp_path, demo_cache):
 
 
 def test_diverged_worker_ends_the_run_with_one_line(cluster, tmp_path, demo_cache):
-    """A NaN in a Ray worker (a learning rate no run survives): the driver ends with one `error:` line, exit 1.
-    run.root is relative: it means the driver's working directory (the workers run elsewhere)."""
+    """A NaN in a Ray worker (a learning rate no run survives): the driver ends with one `error:` line, exit 1, and
+    Ray Train does not retry it, though ray.max_failures=-1 (as elastic runs have it) would retry any failure
+    forever: a retry starts from the same state and diverges again. run.root is relative: it means the driver's
+    working directory (the workers run elsewhere)."""
     log = tmp_path / "log.txt"
     args = overrides("shared", demo_cache, "nan", "train.steps=40", "train.lr_d=1e38", "ray.num_workers=1",
-                     "eval.every=0")
+                     "eval.every=0", "ray.max_failures=-1")
     proc = start_train(cluster, args, log, cwd=tmp_path)
-    proc.wait(timeout=300)
+    try:
+        proc.wait(timeout=180)  # one attempt takes about 30 s here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     text = log.read_text()
     assert proc.returncode == 1, text[-3000:]
+    workers = set(re.findall(r"\(RayTrainWorker pid=(\d+)", text))
+    assert len(workers) == 1, f"the divergence was retried: worker processes {sorted(workers)}"
     driver = [line for line in text.splitlines() if not line.startswith("\x1b[3") and not line.startswith("(")]
     assert driver[-1].startswith("error: training diverged: non-finite "), driver[-5:]
     assert not any("Traceback" in line for line in driver), "the driver printed a traceback"

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from distgan.config import Config, to_dict, with_absolute_paths
 from distgan.engine.checkpoint import refuse_another_modes_run
 from distgan.engine.run_folder import RunFolder
-from distgan.errors import Diverged, StorageError, UserError, first_line
+from distgan.errors import DataSourceError, Diverged, StorageError, UserError, first_line
 from distgan.launch.ray_output import quiet_driver_output
 from distgan.launch.ray_worker import STOP_FILE, worker_main
 
@@ -138,7 +138,7 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep_checkpoints),
             # Ray Train's own INFO records (every report, worker-group start) stay in the session's log files
             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
-            callbacks=list(callbacks),
+            callbacks=[end_on_errors_a_retry_repeats(), *callbacks],
         ),
     )
 
@@ -193,9 +193,39 @@ def fit(trainer):
     return result
 
 
+def repeats_on_retry(error: BaseException) -> Optional[BaseException]:
+    """The worker's own exception if a retry would only raise it again: a divergence (a retry restarts from the
+    same checkpoint, RNGs and data position, so the same NaN comes back at the same step) or a mistake in the
+    config or the run; not storage or data errors, which can pass (a bucket's hiccup, a node without the mount)."""
+    cause = getattr(error, "cause", None) or error  # a RayTaskError carries the original as .cause
+    if isinstance(cause, Diverged) or (isinstance(cause, UserError)
+                                       and not isinstance(cause, (StorageError, DataSourceError))):
+        return cause
+    return None
+
+
+def end_on_errors_a_retry_repeats():
+    """A Ray Train callback (it runs in the controller): Train V2 retries every worker error up to ray.max_failures
+    (DefaultFailurePolicy), and elastic runs need max_failures=-1, so a NaN would restart the workers forever.
+    Raised from a callback, the error becomes a ControllerError, which the failure policy does not retry: the run
+    ends, and fit() below reports the worker's own one line."""
+    from ray.train import UserCallback
+
+    class EndOnErrorsARetryRepeats(UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            for error in worker_exceptions.values():
+                cause = repeats_on_retry(error)
+                if cause is not None:
+                    raise cause
+
+    return EndOnErrorsARetryRepeats()
+
+
 def raise_worker_error(error: BaseException) -> None:
-    failures = getattr(error, "worker_failures", None) or {}
-    for failure in failures.values():
+    failures = list((getattr(error, "worker_failures", None) or {}).values())
+    if getattr(error, "controller_failure", None) is not None:  # ended by end_on_errors_a_retry_repeats
+        failures.append(error.controller_failure)
+    for failure in failures:
         cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the original as .cause
         if isinstance(cause, (Diverged, UserError)):
             raise type(cause)(str(cause).strip().splitlines()[0] if str(cause).strip() else "") from None
