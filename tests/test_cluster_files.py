@@ -74,3 +74,44 @@ def test_dockerfile_copies_existing_paths_and_lints_clean():
         pytest.fail("hadolint missing: install the dev extra (pip install -e '.[dev]')")
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(instruction, arguments) of docker/Dockerfile, continuation lines joined, comments dropped."""
+    lines, joined = [], ""
+    for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        joined += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            lines.append(joined.strip())
+            joined = ""
+    return [tuple(line.split(" ", 1)) for line in lines]
+
+
+def test_the_image_installs_the_real_package_not_the_dependency_layers_stub(tmp_path):
+    """The Dockerfile installs the dependencies from a stub package (an empty distgan/__init__.py), then the real
+    code. Its file steps after WORKDIR replayed here, with `pip wheel` for `pip install` (no dependencies, no
+    image), and COPY keeping the files' times as docker's does: the wheel must hold the real __init__.py."""
+    import shutil
+    import zipfile
+
+    wheel = f"{sys.executable} -m pip wheel -q --no-deps --no-build-isolation -w wheels ."
+    instructions = dockerfile_instructions()
+    workdir = next(i for i, (kind, _) in enumerate(instructions) if kind == "WORKDIR")
+    for kind, args in instructions[workdir + 1:]:
+        if kind == "COPY":
+            *sources, _ = args.split()
+            for source in sources:  # into what is there, as docker's COPY does; copy2 keeps the files' times
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, tmp_path / source, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(ROOT / source, tmp_path / source)
+        elif kind == "RUN":
+            command = (args.replace("pip install '.[cloud]'", wheel).replace("pip install --no-deps .", wheel)
+                       .replace("pip uninstall -y distgan", "true").replace("chown -R ray:ray /home/ray", "true"))
+            done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+    built = max((tmp_path / "wheels").glob("distgan-*.whl"), key=lambda p: p.stat().st_mtime)
+    with zipfile.ZipFile(built) as z:
+        assert z.read("distgan/__init__.py") == (ROOT / "distgan" / "__init__.py").read_bytes()
