@@ -165,3 +165,19 @@ def test_local_mode_refuses_a_run_that_ray_mode_trained(tiny_config, tmp_path):
                                         r"whose checkpoints run.mode=local does not resume"):
         train_local(tiny_config("train.steps=4", "run.name=r"))
     assert sorted(p.name for p in ray_run.iterdir()) == ["checkpoint_00000002"]
+
+
+@pytest.mark.parametrize("env, override, message", [
+    # the dashboard's address, which `ray job submit` takes: Ray's ValueError was a traceback
+    ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, "train.steps=1", "RAY_ADDRESS=http://127.0.0.1:8265 is not a Ray "
+     "cluster address: give the cluster's GCS address (HEAD:6379)"),
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, "ray.address=http://10.0.0.1:8265", "ray.address=http://10.0.0.1:8265 is not"),
+    # a storage scheme whose package is missing (adlfs is in no extra), one fsspec does not know: before any cluster
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, "run.root=az://container/runs",
+     "az://container/runs/demo: Install adlfs to access Azure Datalake Gen2 and Azure Blob Storage (pip install"),
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, "run.root=nosuch://bucket/runs", "nosuch://bucket/runs/demo: Protocol not known"),
+])
+def test_a_cluster_or_storage_that_cannot_be_used_is_one_line(tmp_path, env, override, message):
+    result = run_module("distgan.train", "--config", "configs/demo.yaml", f"run.root={tmp_path}", override,
+                        env=env, timeout=120)
+    assert result.returncode == 2 and error_line(result).startswith(f"error: {message}")

@@ -99,10 +99,23 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def filesystem_of(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and path for a location, or a StorageError naming it: a URL scheme fsspec does not know,
+    or one whose package is not installed (gs:// without gcsfs)."""
+    from distgan.errors import StorageError, first_line
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except ImportError as exc:
+        raise StorageError(f"{location}: {first_line(exc)} (pip install 'distgan[cloud]' adds s3fs and gcsfs)") from None
+    except ValueError as exc:
+        raise StorageError(f"{location}: {first_line(exc)}") from None
+
+
 class RunFolder:
     def __init__(self, location: str):
         self.location = location
-        self.fs, self.root = fsspec.core.url_to_fs(location)
+        self.fs, self.root = filesystem_of(location)
         self.remote = is_url(location)
         self._local = None if self.remote else Path(self.root)
         self._uploaded: dict[Path, tuple[int, int]] = {}

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from distgan.config import Config, to_dict, with_absolute_paths
 from distgan.engine.checkpoint import refuse_another_modes_run
 from distgan.engine.run_folder import RunFolder
-from distgan.errors import DataSourceError, Diverged, StorageError, UserError, first_line
+from distgan.errors import DataSourceError, Diverged, StorageError, UserError, first_line, first_sentence
 from distgan.launch.ray_output import quiet_driver_output
 from distgan.launch.ray_worker import STOP_FILE, worker_main
 
@@ -68,7 +68,13 @@ def connect(cfg: Config) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=True)
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except ValueError as exc:  # e.g. the dashboard's http:// address, which `ray job submit` takes
+                source = "ray.address" if cfg.ray.address else "RAY_ADDRESS"
+                hint = (": give the cluster's GCS address (HEAD:6379), or unset it on a Ray node (a `ray job "
+                        "submit` job finds its cluster itself)") if "://" in address else f": {first_sentence(exc)}"
+                raise UserError(f"{source}={address} is not a Ray cluster address{hint}") from None
         else:  # a private local cluster ("local": never join one found running on this machine), listening on
             # loopback only; the dashboard serves Ray Train's state API
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
