@@ -181,3 +181,30 @@ def test_a_cluster_or_storage_that_cannot_be_used_is_one_line(tmp_path, env, ove
     result = run_module("distgan.train", "--config", "configs/demo.yaml", f"run.root={tmp_path}", override,
                         env=env, timeout=120)
     assert result.returncode == 2 and error_line(result).startswith(f"error: {message}")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ray.num_workers=3", "ray.cpus_per_worker=1"], "ray.num_workers=3 x ray.cpus_per_worker needs 3 CPU, this "
+     "machine's local Ray cluster has 2"),
+    (["ray.num_workers=2", "ray.cpus_per_worker=1", "ray.placement_strategy=STRICT_SPREAD"],
+     "ray.placement_strategy=STRICT_SPREAD puts each of the 2 workers on a node of its own"),
+    (["ray.num_workers=4", "ray.min_workers=2", "ray.max_failures=-1", "ray.cpus_per_worker=1",
+      "ray.placement_strategy=STRICT_SPREAD"], "ray.placement_strategy=STRICT_SPREAD puts each of the 2 workers"),
+])
+def test_a_run_the_local_cluster_cannot_place_is_refused(tiny_config, tmp_path, monkeypatch, overrides, message):
+    """A cluster started here never grows: Ray would wait for the workers' placement forever. (connect() is
+    stubbed as having started a 2-CPU, one-node cluster: nothing starts here.)"""
+    import ray
+
+    import distgan.launch.ray_train as ray_train
+
+    def no_trainer(*args, **kwargs):  # a refusal that fails must not start a run (and a cluster with it)
+        raise AssertionError("not refused")
+
+    monkeypatch.setattr(ray_train, "connect", lambda cfg: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray_train, "build_trainer", no_trainer)
+    cfg = tiny_config("run.mode=ray", *overrides)
+    with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+        ray_train.run_ray(cfg)
+    assert not (tmp_path / "runs" / "t").exists(), "a refused run leaves no folder"

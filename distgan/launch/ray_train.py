@@ -160,6 +160,10 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
     check_resumed_model(cfg)
     if connect(cfg):
         check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())
+        if cfg.ray.placement_strategy == "STRICT_SPREAD" and fewest_workers(cfg) > 1:  # one node: never placed
+            raise UserError(f"ray.placement_strategy=STRICT_SPREAD puts each of the {fewest_workers(cfg)} workers on "
+                            f"a node of its own, and this machine's local Ray cluster is one node (use PACK or SPREAD, "
+                            f"or give ray.address)")
     folder = check_storage(cfg)  # after the checks that refuse a run: a refused run leaves no folder behind
     stop_signals: list[int] = []
 
