@@ -66,6 +66,34 @@ def test_two_ranks_match_batchnorm_on_the_whole_batch(tmp_path):
     assert ranks[0]["y"].std() > 0.5 and ranks[0]["y"][: n // 2].shape[0] == n // 2
 
 
+HALF_SHAPE = (17, 4, 5, 5)  # per rank: 425 values per channel, a count bf16 cannot hold (it rounds to 424)
+
+
+def half_batch() -> torch.Tensor:
+    """The bf16 activations a generator's convolution gives under autocast (speed.precision=bf16)."""
+    return (3 + torch.randn(2 * HALF_SHAPE[0], *HALF_SHAPE[1:], generator=torch.Generator().manual_seed(3))).bfloat16()
+
+
+def half_rank_fn(rank: int, world: int, out_dir: str) -> None:
+    n = HALF_SHAPE[0]
+    bn = make_bn(SyncBatchNorm2d)
+    y = bn(half_batch()[rank * n:(rank + 1) * n])
+    torch.save({"y": y.detach().clone(), "running_mean": bn.running_mean, "running_var": bn.running_var},
+               f"{out_dir}/half{rank}.pt")
+
+
+def test_bf16_activations_get_statistics_in_fp32(tmp_path):
+    """As torch's BatchNorm does with bf16 input: statistics in fp32 (the counts too), output in bf16."""
+    spawn(half_rank_fn, 2, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"half{r}.pt") for r in range(2)]
+    bn = make_bn(nn.BatchNorm2d).double()
+    ref_y = bn(half_batch().double()).float()
+    assert ranks[0]["y"].dtype == torch.bfloat16
+    assert rel(torch.cat([r["y"] for r in ranks]).float(), ref_y) < 1e-2  # bf16's own rounding of the output
+    for key in ("running_mean", "running_var"):
+        assert rel(ranks[0][key], getattr(bn, key).float()) < 1e-5, key
+
+
 def test_moments_combine_exactly_with_a_large_mean():
     x = 100 + 0.01 * torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     parts = [local_moments(p) for p in x.split([40, 24])]  # uneven counts, as in an elastic run

@@ -49,6 +49,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         distributed = torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
         if not (self.training and distributed):
             return super().forward(x)
+        # in fp32 under autocast, as torch's BatchNorm computes its statistics: in bf16 even the counts round
+        # (5456 values per channel become 5440); the output keeps the input's dtype, as torch's does
+        dtype, x = x.dtype, (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x)
         c = x.shape[1]
         gathered = torch.stack(all_gather(torch.cat(local_moments(x))))  # (world, 4C)
         n, k, offset, m2 = combine_moments(*gathered.split(c, dim=1))
@@ -59,7 +62,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
             self.running_mean.mul_(1 - m).add_(k + offset.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_((m2 / (n - 1)).detach(), alpha=m)
         y = ((x - k.view(1, c, 1, 1)) - offset.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
-        return y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return (y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)).to(dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
