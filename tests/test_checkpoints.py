@@ -6,12 +6,13 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import run_module
-from distgan.engine.checkpoint import FolderCheckpoints, build_payload, check_payload
+from distgan.engine.checkpoint import CHECKPOINT_FILE, FolderCheckpoints, build_payload, check_payload, write_atomic
 from distgan.engine.distributed import Dist, ReplicaMismatch
 from distgan.engine.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
@@ -233,3 +234,26 @@ def test_a_run_resumed_at_its_last_step_reports_its_final_metrics_again(tiny_con
     events.Reload()
     logged = {s.step: s.value for s in events.Scalars("eval/swd")}
     assert again.reports[0][1]["eval/swd"] == pytest.approx(logged[4], rel=1e-6)
+
+
+def lagging_listing_rank(rank: int, world: int, root: str, start_from: str) -> None:
+    from distgan.engine.run_folder import RunFolder
+    from distgan.launch.ray_worker import RayCheckpoints
+
+    store = RayCheckpoints(Dist.from_process_group(), RunFolder(root), start_from)
+    store.candidates = (lambda: [2]) if rank == 0 else (lambda: [])  # rank 1's listing of the run lags behind
+    Path(root, f"loaded-{rank}").write_text(str(store.load_latest()["step"]))
+
+
+def test_ray_ranks_resume_from_the_checkpoint_rank_0_lists(tiny_config, tmp_path):
+    """In Ray mode rank 0 picks the checkpoint, and every rank loads that one: a rank whose listing of the run lags
+    (a shared file system's cache) must not take the Tune trial's start_from instead and leave rank 0 waiting
+    alone in the broadcast."""
+    from distgan.launch.ray_worker import checkpoint_dir
+
+    cfg = tiny_config()
+    run, donor = tmp_path / "run", tmp_path / "donor"
+    for folder, step in ((run / checkpoint_dir(2), 2), (donor, 1)):
+        write_atomic(folder / CHECKPOINT_FILE, payload_for(cfg, step))
+    spawn(lagging_listing_rank, 2, str(run), str(donor), timeout_s=20)
+    assert [(run / f"loaded-{rank}").read_text() for rank in range(2)] == ["2", "2"]

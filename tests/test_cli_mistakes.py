@@ -172,6 +172,8 @@ def test_local_mode_refuses_a_run_that_ray_mode_trained(tiny_config, tmp_path):
     ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, "train.steps=1", "RAY_ADDRESS=http://127.0.0.1:8265 is not a Ray "
      "cluster address: give the cluster's GCS address (HEAD:6379)"),
     ({"RAY_ADDRESS": "127.0.0.1:1"}, "ray.address=http://10.0.0.1:8265", "ray.address=http://10.0.0.1:8265 is not"),
+    # nobody listening there: ray.init retried for minutes
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, "train.steps=1", "RAY_ADDRESS=127.0.0.1:1: no Ray cluster answers there"),
     # a storage scheme whose package is missing (adlfs is in no extra), one fsspec does not know: before any cluster
     ({"RAY_ADDRESS": "127.0.0.1:1"}, "run.root=az://container/runs",
      "az://container/runs/demo: Install adlfs to access Azure Datalake Gen2 and Azure Blob Storage (pip install"),

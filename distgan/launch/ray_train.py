@@ -68,6 +68,7 @@ def connect(cfg: Config) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
+            check_reachable(address, "ray.address" if cfg.ray.address else "RAY_ADDRESS")
             try:
                 ray.init(address=address, log_to_driver=True)
             except ValueError as exc:  # e.g. the dashboard's http:// address, which `ray job submit` takes
@@ -82,6 +83,19 @@ def connect(cfg: Config) -> bool:
             started = True
     quiet_driver_output()
     return started
+
+
+def check_reachable(address: str, source: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT nobody listens on: one line now. ray.init would retry the connection for minutes."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():  # auto, ray://, a URL: Ray's own checks
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"{source}={address}: no Ray cluster answers there ({first_line(exc)})") from None
 
 
 def refuse_relative_root_in_job(cfg: Config) -> None:

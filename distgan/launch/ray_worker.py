@@ -61,7 +61,9 @@ class RayCheckpoints:
         return sorted(found, reverse=True)
 
     def load_latest(self) -> Optional[dict[str, Any]]:
-        tried = self.candidates()
+        # rank 0's listing for every rank: a rank whose listing lagged (a shared file system's attribute cache) would
+        # otherwise take the start_from branch below and leave rank 0 alone in the broadcast
+        tried = self.dist.broadcast_object(self.candidates() if self.dist.is_main else None)
         if not tried and self.start_from:
             location = f"{self.start_from.rstrip('/')}/{CHECKPOINT_FILE}"
             try:
