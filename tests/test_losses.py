@@ -82,3 +82,19 @@ def test_losses_signs():
     assert critic_loss(real, fake).item() == pytest.approx(0.0 - 3.0)
     assert generator_loss(fake).item() == pytest.approx(0.0)
     assert generator_loss(torch.tensor([3.0])).item() == pytest.approx(-3.0)
+
+
+def test_under_bf16_autocast_the_penalty_norm_is_taken_in_fp32():
+    """speed.precision=bf16 runs the critic under autocast, and step.py computes the penalty inside it: the input
+    gradient comes back as fp32 (x_hat is fp32), and its norm over 768 values and the mean must be taken in fp32.
+    A critic whose input gradient is w for every sample: under autocast w is rounded to bf16, and nothing else
+    may be (the norm summed in bf16 is off by about 1e-3)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3 * 16 * 16, 1, generator=g) * 0.06
+    critic = lambda x: (x.flatten(1) @ w).squeeze(1)  # noqa: E731  (a matmul: autocast runs it in bf16)
+    real, fake = torch.rand(8, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp = gradient_penalty(critic, real, fake, generator=g)
+    norm = w.bfloat16().double().norm()
+    assert gp.dtype == torch.float32
+    assert gp.item() == pytest.approx(((norm - 1) ** 2).item(), rel=1e-5)
