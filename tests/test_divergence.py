@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_module
 from distgan.data.stream import RealBatches
 from distgan.engine.checkpoint import read_file
+from distgan.engine.noise import SlicedNoise
 from distgan.errors import Diverged
 from distgan.launch.local import train_local
 
@@ -68,11 +69,17 @@ def test_rollback_reloads_the_last_good_checkpoint_and_finishes(tiny_config, tmp
     from tensorboard.summary.writer import event_file_writer
 
     monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    latents = []  # every draw, in order: 3 per step (n_critic 2, then the generator's)
+    real_latents = SlicedNoise.latents
+    monkeypatch.setattr(SlicedNoise, "latents", lambda self, *a: latents.append(real_latents(self, *a)) or latents[-1])
     cfg = tiny_config("train.steps=10", "log.every=1", "log.checkpoint_every=2", "log.keep_checkpoints=10",
                       "train.on_nonfinite=rollback", "train.max_rollbacks=1")
     nan_batch_once["at"] = 9
     state = train_local(cfg, tmp_path / "run")
     assert state.step == 10 and state.rollbacks == 1
+    assert len(latents) == 3 * 11, "steps 1-10, and step 5 twice"
+    # step 5 again, from step 4's checkpoint, with other latents: a replay of the failed stretch could fail again
+    assert not torch.equal(latents[12], latents[15])
     assert all(torch.isfinite(p).all() for p in state.G.parameters())
     newest = read_file(tmp_path / "run" / "checkpoints" / "ckpt-00000010.pt")
     assert all_finite(newest) and newest["state"]["rollbacks"] == 1
