@@ -243,6 +243,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                 logger.progress(step, t.steps, values)
             sums, steps_since, tick = {}, 0, time.perf_counter()
 
+        outside_training = time.perf_counter()  # sample grids and checkpoints: not in images/s, like evaluations
         if logger and (step % lg.sample_every == 0 or last or stopping):
             from torchvision.utils import save_image  # rank 0 only (logger.grid: why here)
 
@@ -254,7 +255,6 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         if evaluating:
             evaluated, best = evaluate(step)
             evaluated.update(best_so_far(state.best))
-            tick += evaluated["eval/seconds"]  # images/s counts training time only
             if logger:
                 logger.scalars(step, evaluated)
             if not (will_save or best):
@@ -263,6 +263,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             checkpoint_now({**values, **evaluated}, best)
         if dist.is_main and (values or will_save):
             launcher.publish()
+        tick += time.perf_counter() - outside_training  # images/s counts training time only
         if preempted:
             saved_on_preemption = True
             if dist.is_main:
