@@ -175,3 +175,16 @@ def test_only_a_better_evaluation_replaces_the_best_checkpoint(tiny_config, tmp_
     best_export = read_file(tmp_path / "run" / "generators" / "generator-best.pt")
     assert (best_export["step"], best_export["metrics"]["eval/swd"]) == (1, 0.3)
     assert read_file(tmp_path / "run" / "generators" / "generator-00000004.pt")["metrics"]["best/step"] == 1.0
+
+
+def test_a_resume_trains_with_the_configs_learning_rates_and_betas(tiny_config, tmp_path):
+    """The optimizers' state comes from the checkpoint, their hyperparameters from the config: a rerun with other
+    values (or a PBT exploit with mutated ones) trains with those, for both networks."""
+    train_local(tiny_config("train.steps=2"), tmp_path / "run")
+    changed = ["train.lr_g=1e-3", "train.lr_d=5e-4", "train.beta1=0.1", "train.beta2=0.8"]
+    state = train_local(tiny_config("train.steps=3", *changed), tmp_path / "run")
+    assert state.step == 3
+    for opt, lr in ((state.opt_g, 1e-3), (state.opt_d, 5e-4)):
+        group = opt.param_groups[0]
+        assert (group["lr"], group["betas"]) == (lr, (0.1, 0.8))
+        assert all(s["step"].item() > 2 for s in opt.state.values()), "the moments came from the checkpoint"
