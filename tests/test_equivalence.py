@@ -104,8 +104,10 @@ def run_steps(rank: int, world: int, batch: int, sync_grads: bool = True, steps:
     record_local_gradients(dist, grads, count / batch)
     shared = real_batches(batch, first_batch // N_CRITIC + steps)[first_batch:]
     batches = iter(b[start : start + count] for b in shared)
-    for _ in range(steps):
-        train_step(state, lambda: next(batches), cfg.train, dist)
+    for i in range(steps):
+        metrics = train_step(state, lambda: next(batches), cfg.train, dist)
+        for name, value in dist.mean(metrics, count / batch).items():  # what the loop logs, averaged over ranks
+            grads[f"logged.{i}.{name}"] = torch.tensor(value, dtype=torch.float64)
     return state, grads
 
 
@@ -151,7 +153,8 @@ def test_ranks_equal_one_process(tmp_path, world, batch):
     weight_diff = max_rel_diff(many[0], without_local(one))
     print(f"{world} ranks, batch {batch}: max relative difference to 1 process: gradients {grad_diff:.2e}, "
           f"all {weight_diff:.2e}")
-    assert grad_diff < 1e-5 and weight_diff < 1e-5
+    assert grad_diff < 1e-5 and weight_diff < 1e-5  # the logged losses and norms too (weight_diff: every key)
+    assert sum(k.startswith("logged.") for k in one) >= STEPS * 6
     # the comparison is not vacuous: the weights moved well beyond the tolerance
     start = TrainState.create(make_config(batch), torch.device("cpu"), Dist())
     initial = {f"G.{k}": v for k, v in start.G.state_dict().items()}
