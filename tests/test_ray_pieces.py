@@ -50,3 +50,35 @@ def test_a_restarted_group_tries_every_checkpoint_folder_newest_first(tmp_path, 
     assert store.candidates() == [6, 4, 2]
     store.last_saved = 2
     assert store.candidates() == [2]
+
+
+def test_a_run_folder_on_object_storage_mirrors_its_staging_folder(tmp_path):
+    """Ray mode stages TensorBoard, samples and exports locally and copies them up (RunFolder.sync): new and
+    changed files go up, files being written (.NAME.tmp) do not, and exports pruned locally are deleted remotely.
+    fsspec's in-memory filesystem stands in for a bucket."""
+    import fsspec
+
+    from distgan.engine.run_folder import RunFolder
+
+    folder = RunFolder("memory://bucket/run-mirror")
+    fs = fsspec.filesystem("memory")
+    local = folder.local
+    (local / "generators").mkdir()
+    for step in (1, 2, 3):
+        (local / "generators" / f"generator-{step:08d}.pt").write_bytes(b"export %d" % step)
+    (local / "events.out").write_bytes(b"first records")
+    (local / "generators" / ".generator-00000004.pt.123.tmp").write_bytes(b"half")
+    folder.sync()
+
+    def remote() -> dict[str, bytes]:
+        return {p.removeprefix("/bucket/run-mirror/"): fs.cat(p) for p in fs.find("/bucket/run-mirror")}
+
+    assert remote() == {"events.out": b"first records", **{f"generators/generator-{s:08d}.pt": b"export %d" % s
+                                                              for s in (1, 2, 3)}}
+    (local / "generators" / "generator-00000001.pt").unlink()  # pruned: log.keep_checkpoints
+    (local / "generators" / ".generator-00000004.pt.123.tmp").rename(local / "generators" / "generator-00000004.pt")
+    (local / "events.out").write_bytes(b"first records, and more")
+    folder.close()
+    assert remote() == {"events.out": b"first records, and more", **{
+        f"generators/generator-{s:08d}.pt": b"export %d" % s if s < 4 else b"half" for s in (2, 3, 4)}}
+    assert not local.exists(), "the staging folder goes with close()"
