@@ -86,14 +86,14 @@ class Interrupts:
         return stopped
 
 
-def scheduler(cfg: Config, search: SearchConfig, experiment: str):
+def scheduler(cfg: Config, search: SearchConfig, search_dir: str):
     from ray.tune.schedulers import PopulationBasedTraining
 
     from distgan.launch.asha import ResumableASHA
 
     asha, pbt = scheduler_settings(search)
     if search.scheduler == "asha":
-        return ResumableASHA(experiment, time_attr="step", max_t=cfg.train.steps, grace_period=first_rung(cfg, asha),
+        return ResumableASHA(search_dir, time_attr="step", max_t=cfg.train.steps, grace_period=first_rung(cfg, asha),
                              reduction_factor=float(asha["reduction_factor"]))
     return PopulationBasedTraining(
         time_attr="step", perturbation_interval=cfg.eval.every,
@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         if search.scheduler == "pbt" and search.num_samples > at_once:
             log.warning("PBT with a population of %d, of which only %d fit at once: the rest wait for a free slot "
                         "and are compared with trials that have moved on", search.num_samples, at_once)
-        RunFolder(experiment).remove(ResumableASHA.RECORDS)  # a search started afresh in a folder not restorable
+        RunFolder(search_dir).remove(ResumableASHA.RECORDS)  # a search started afresh in a folder not restorable
         RunFolder(search_dir).write_text(SETTINGS, json.dumps(settings(cfg, search), indent=1, sort_keys=True))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
-                                        scheduler=scheduler(cfg, search, experiment),
+                                        scheduler=scheduler(cfg, search, search_dir),
                                         # the limit goes to the generator: Tune ignores max_concurrent_trials
                                         # when given a search_alg of this kind (and only warns)
                                         search_alg=BasicVariantGenerator(random_state=search.seed,

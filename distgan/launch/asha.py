@@ -6,7 +6,10 @@ search started, with empty rungs. A resumed ASHA search would forget every resul
 interruption; a trial reaching a rung after the resume would be compared with fewer results or none (the first
 one at an empty rung always goes on), and weak trials would run to the end. This scheduler writes its rung
 records to a small JSON file after every result and reads them back before its first decision after a restore.
-Trial ids survive Tune's restore, so the records stay valid.
+Trial ids survive Tune's restore, so the records stay valid. The file lives beside Tune's experiment folder, not in
+it: a restored search copies the experiment folder's JSON files to its local staging folder and uploads that
+folder over the experiment folder (ray/tune/execution/experiment_state.py), which put the records of the first
+run back over every later write.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
     RECORDS = "asha-rungs.json"
 
     def __init__(self, folder: str, **asha):
-        """folder: where the records live (Tune's experiment folder: deleting it starts the search afresh)."""
+        """folder: where the records live (the search's folder; tune.py deletes them when it starts afresh)."""
         super().__init__(**asha)
         self.folder, self.name = folder, self.RECORDS
         self._records_read = False
