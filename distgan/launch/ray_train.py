@@ -68,11 +68,11 @@ def connect(cfg: Config) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
-            check_reachable(address, "ray.address" if cfg.ray.address else "RAY_ADDRESS")
+            source = "ray.address" if cfg.ray.address else "RAY_ADDRESS"
+            check_reachable(address, source)
             try:
                 ray.init(address=address, log_to_driver=True)
             except ValueError as exc:  # e.g. the dashboard's http:// address, which `ray job submit` takes
-                source = "ray.address" if cfg.ray.address else "RAY_ADDRESS"
                 hint = (": give the cluster's GCS address (HEAD:6379), or unset it on a Ray node (a `ray job "
                         "submit` job finds its cluster itself)") if "://" in address else f": {first_sentence(exc)}"
                 raise UserError(f"{source}={address} is not a Ray cluster address{hint}") from None
