@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,6 +112,9 @@ class RunConfig:
     # and must be storage every node sees (NFS path, s3://, gs://); a rerun with the same name resumes.
     root: str = "runs"
     mode: str = "ray"  # ray: Ray Train DDP workers; local: this process only, no Ray (debugging)
+    # storage that does not answer (a bucket away, a network file system hanging) is retried with backoff this long;
+    # then the run ends in one line, never falling back to an older checkpoint
+    storage_timeout_s: float = 300.0
 
 
 @dataclass
@@ -138,6 +141,9 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # set by distgan, not a setting: the string keys whose value came from ${oc.env:...}, with the expression.
+    # Stored configs (checkpoints, exports, TensorBoard, best.yaml) keep the expression, not the value (a secret).
+    interpolations: dict[str, str] = field(default_factory=dict)
 
 
 def _one_line(exc: OmegaConfBaseException) -> str:
@@ -240,12 +246,35 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
             raise _override_error(cfg, item, exc) from None
         except Exception as exc:  # a value YAML cannot parse
             raise unparsable_value(item, exc) from None
-    config: Config = OmegaConf.to_object(cfg)
+    cfg.interpolations = {}  # recomputed here (a stored config shows it: best.yaml)
+    interpolations = environment_interpolations(cfg)
+    try:
+        config: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:  # ${oc.env:NAME} of a variable that is not set, and the like
+        raise ConfigError(_one_line(exc)) from None
+    config.interpolations = interpolations
     for section, key in HOME_EXPANDED:
         part = getattr(config, section)
         setattr(part, key, expand_home(getattr(part, key)))
     validate(config)
     return config
+
+
+def environment_interpolations(cfg: DictConfig) -> dict[str, str]:
+    """{"section.key": "${oc.env:...}"} for the string values that read the environment."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return {f"{section}.{key}": value for section, values in raw.items()
+            if isinstance(values, dict) and section != "interpolations"
+            for key, value in values.items() if isinstance(value, str) and "${oc.env:" in value}
+
+
+def stored_dict(cfg: Config) -> dict[str, Any]:
+    """to_dict(cfg) as it is written to files: values read from the environment keep their ${oc.env:...}."""
+    data = to_dict(cfg)
+    for dotted, expression in cfg.interpolations.items():
+        section, key = dotted.split(".", 1)
+        data[section][key] = expression
+    return data
 
 
 def world_size(cfg: Config) -> int:
@@ -309,6 +338,7 @@ def validate(cfg: Config) -> None:
          f"must be in [2, eval.num_samples={ev.num_samples}], got {ev.kid_subset_size}")
     need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
     need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
+    need(r.storage_timeout_s >= 0, "run.storage_timeout_s", f"must be >= 0 (0: no retries), got {r.storage_timeout_s}")
     need(r.mode == "ray" or "://" not in r.root, "run.root",
          f"{r.root} is a URL: run.mode=local writes to a local path (run.mode=ray takes URLs)")
     need(r.mode == "local" or t.device == "auto" or (t.device == "cuda") == ray.use_gpu, "train.device",
@@ -330,12 +360,20 @@ def validate(cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as a file shows it (TensorBoard, best.yaml): stored_dict's values."""
+    return OmegaConf.to_yaml(OmegaConf.create(stored_dict(cfg)))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    """The resolved values (for this run's own processes); interpolations rides along as plain text."""
+    data = OmegaConf.to_container(OmegaConf.structured(replace(cfg, interpolations={})), resolve=True)
+    data["interpolations"] = dict(cfg.interpolations)  # type: ignore[index]
+    return data  # type: ignore[return-value]
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    data = dict(data)
+    interpolations = data.pop("interpolations", None) or {}
+    cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    cfg.interpolations = dict(interpolations)
+    return cfg

@@ -20,6 +20,10 @@ class DataSourceError(UserError, ValueError):
     """A missing, empty or unreadable data source, or one written for another model."""
 
 
+class UnusableData(DataSourceError):
+    """Data that reads the same way on every retry: no readable image in any shard a loader worker was given."""
+
+
 class StorageError(UserError):
     """A run folder or checkpoint location that cannot be written or read."""
 
@@ -45,3 +49,12 @@ def first_sentence(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     end = text.find(". ")
     return (text[: end + 1] if end >= 0 else text) or type(exc).__name__
+
+
+class UnsafeFile(UserError):
+    """A checkpoint, export or cache file that holds a type distgan never writes: loading it could run code.
+    Never skipped for an older file: someone wrote it, and the user should know."""
+
+
+class StorageUnreachable(StorageError):
+    """Storage that did not answer for run.storage_timeout_s: the run ends without falling back to older files."""

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
 
 from distgan.cli import run_main, torch_device
-from distgan.config import expand_home, from_dict, load_config, to_dict, validate
+from distgan.config import DataConfig, expand_home, from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import ensure_writable_file
 from distgan.errors import DataSourceError, UserError
 
+
+log = logging.getLogger("distgan.evaluate")
+STANDARD_WEIGHTS = "standard"  # --weights standard: the standard Inception, whatever the run used
 
 # the config keys this command's flags set: a mistake in a flag is said with the flag's name
 FLAGS = {"eval.metrics": "metrics", "eval.num_samples": "num", "eval.num_real": "num_real", "eval.source": "data",
@@ -38,10 +42,40 @@ def in_flag_terms(exc: UserError, args: argparse.Namespace) -> UserError:
     return exc
 
 
-def build_config(run_config: dict, args: argparse.Namespace):
+def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> dict:
+    """The stored config minus what would run code or pick a place to write: a file is data, never instructions.
+    A `pipe:` source (a shell command), an environment-read source, eval.weights (a TorchScript program) and
+    data.cache_dir are taken from this command's flags only; one that the run used and no flag gives is refused."""
+    config = {section: dict(values) for section, values in run_config.items() if isinstance(values, dict)}
+    data, ev = config.setdefault("data", {}), config.setdefault("eval", {})
+    for section, key in (("eval", "source"), ("data", "source")):
+        value = str(config[section].get(key) or "")
+        if "pipe:" in value or "${" in value:
+            if not args.data:
+                raise UserError(f"{location}: its stored {section}.{key}={value} is a command or reads the environment;"
+                                f" distgan never runs what a file says: name the reference data with --data (the same "
+                                f"value, if you trust it)")
+            config[section][key] = args.data  # nothing of the file's is left to run
+    metrics = args.metrics.split(",") if args.metrics else ev.get("metrics") or []
+    if ev.get("weights") and not args.weights and {"fid", "kid"} & {m.strip() for m in metrics}:
+        raise UserError(f"{location}: its stored eval.weights={ev['weights']} is a TorchScript program that "
+                        f"evaluating would run; distgan never picks a file to execute from a file: --weights "
+                        f"{ev['weights']} uses it if you trust it, --weights standard the standard Inception")
+    ev.pop("weights", None)
+    stored_cache = data.pop("cache_dir", None)
+    if stored_cache and not args.cache_dir and stored_cache != DataConfig.cache_dir:
+        log.info("not using the run's data.cache_dir=%s (a folder named by the file): --cache-dir uses it",
+                 stored_cache)
+    config.pop("interpolations", None)
+    return config
+
+
+def build_config(run_config: dict, args: argparse.Namespace, location: str = "the file"):
     """The run's own config with the evaluation settings of this command on top."""
     base = to_dict(load_config(None, []))
-    base.update({k: v for k, v in run_config.items() if k in base})
+    for section, values in trusted_part(run_config, args, location).items():
+        if section in base:
+            base[section].update({k: v for k, v in values.items() if k in base[section]})
     cfg = from_dict(base)
     ev = cfg.eval
     if args.metrics:
@@ -53,7 +87,7 @@ def build_config(run_config: dict, args: argparse.Namespace):
     if args.data:
         ev.source = expand_home(args.data)
     if args.weights:
-        ev.weights = expand_home(args.weights)
+        ev.weights = "" if args.weights == STANDARD_WEIGHTS else expand_home(args.weights)
     if args.batch_size is not None:
         ev.batch_size = args.batch_size
     if args.kid_subset_size is not None:
@@ -77,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-real", type=int, help="real images for the reference statistics (0: all; default: the "
                                                 "run's eval.num_real)")
     p.add_argument("--data", help="reference data set (default: the run's eval.source, else its data.source)")
-    p.add_argument("--weights", help="feature network file (default: the standard Inception)")
+    p.add_argument("--weights", help=f"feature network file (default and '{STANDARD_WEIGHTS}': the standard "
+                                     f"Inception; a run's own is never taken from its file)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--kid-subset-size", type=int)
     p.add_argument("--cache-dir", help="where the demo data and uncachable statistics go (data.cache_dir)")
@@ -89,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch_device(args.device, "--device")
 
     G, info, location = load_newest_generator(expand_home(args.source))
-    cfg = build_config(info["config"], args)
+    cfg = build_config(info["config"], args, str(location))
     from distgan.evaluation.evaluator import Evaluator, check_evaluation
 
     try:

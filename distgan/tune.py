@@ -26,7 +26,7 @@ import signal
 from typing import Any
 
 from distgan.cli import run_main
-from distgan.config import Config, to_dict, to_yaml, with_absolute_paths
+from distgan.config import Config, stored_dict, to_dict, to_yaml, with_absolute_paths
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import ConfigError
 from distgan.launch.search import (ClampToSpace, SearchConfig, apply_params, first_rung, load_search, pbt_mutation,
@@ -132,7 +132,7 @@ MAY_CHANGE = {"ray.address", "ray.log_level"}
 
 def settings(cfg: Config, search: SearchConfig) -> dict[str, Any]:
     """The training and search settings, flat ("train.lr_g": ...), as a resumed search must find them again."""
-    flat = {f"{section}.{key}": value for section, values in to_dict(cfg).items() for key, value in values.items()}
+    flat = {f"{section}.{key}": value for section, values in stored_dict(cfg).items() for key, value in values.items()}
     flat.update({f"search.{key}": value for key, value in dataclasses.asdict(search).items()})
     return json.loads(json.dumps({key: value for key, value in flat.items() if key not in MAY_CHANGE}))  # as stored
 

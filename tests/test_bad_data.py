@@ -218,3 +218,116 @@ def test_train_command_exits_2_with_one_line(tmp_path, source, extra, message):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
+
+
+# --- untrusted sizes: decompression bombs and oversized members -----------------------------------------------------
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid RGB PNG of width x height black pixels: a few hundred KB on disk, 3 x width x height bytes decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + 3 * width)  # filter byte + pixels
+    squeeze = zlib.compressobj(9)
+    rows = 256
+    idat = [squeeze.compress(row * min(rows, height - start)) for start in range(0, height, rows)] + [squeeze.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(idat)) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory) -> dict[str, Path]:
+    """20,000 x 20,000 (1.2 GB decoded: Pillow refuses it by itself) and 12,000 x 12,000 (432 MB decoded: inside
+    the range where Pillow only warns, so only distgan's own checks stop it)."""
+    folder = tmp_path_factory.mktemp("bombs")
+    return {"huge": png_bomb(folder / "huge.png", 20_000, 20_000), "large": png_bomb(folder / "large.png", 12_000, 12_000)}
+
+
+PEAK_MB = 300  # a decoded bomb alone is 432 MB or more; the command itself stays under 100 MB here
+
+MEASURED = """
+import sys, runpy
+sys.argv = sys.argv[1:]
+code = 0
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest, with torch loaded) across exec
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print("peak_mb", peak // 1024, "status", code, file=sys.stderr)
+"""
+
+
+def peak_mb(stderr: str) -> int:
+    return int(stderr.rsplit("peak_mb", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("bomb", ["huge", "large"])
+def test_prepare_skips_and_counts_an_image_bomb_without_decoding_it(tmp_path, bombs, bomb):
+    """Peak memory of the whole command stays under PEAK_MB (53 MB measured here; the decoded bomb is 432 MB+)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (i * 60, 90, 30)).save(src / f"ok{i}.png")
+    (src / "bomb.png").write_bytes(bombs[bomb].read_bytes())
+    result = subprocess.run([sys.executable, "-c", MEASURED, "distgan.data.prepare", str(src), str(tmp_path / "out"),
+                             "--size", "16", "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "status 0" in result.stderr, result.stderr[-2000:]
+    assert "skipped unreadable input" in result.stderr and "bomb.png" in result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["total"], manifest["skipped"]) == (3, 1)
+    assert peak_mb(result.stderr) < PEAK_MB, result.stderr[-500:]
+
+
+READ_SHARD = """
+import sys
+from distgan.data.stream import ShardStream
+def hwm_mb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) // 1024
+imported = hwm_mb()  # torch alone: about 650 MB here
+stream = ShardStream([sys.argv[1]], 4, 16, num_workers=0, resampled=False)
+batches = list(stream)
+print("images", sum(len(b) for b, _ in batches), "bad", batches[-1][1]["bad"], "reading_mb", hwm_mb() - imported,
+      file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("bomb", ["huge", "large"])
+def test_a_bomb_inside_a_shard_is_a_bad_sample_not_a_decoded_one(tmp_path, bombs, bomb):
+    """A shard member that claims 12,000 x 12,000 px is checked against model.image_size before it is decoded: the
+    reader's memory grows by less than PEAK_MB (a few MB measured here) while it reads the shard."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    write_shard(str(tmp_path), 0, good("a", 4) + [{"__key__": "bomb", "png": bombs[bomb].read_bytes()}])
+    result = subprocess.run([sys.executable, "-c", READ_SHARD, str(tmp_path / shard_name(0))], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert "images 4 bad 1" in result.stderr, result.stderr[-2000:]
+    assert int(result.stderr.rsplit("reading_mb", 1)[1].split()[0]) < PEAK_MB, result.stderr[-500:]
+    assert "DecompressionBombWarning" not in result.stderr  # the skip line says it
+
+
+def test_a_tar_member_over_the_cap_ends_the_shard_there(tmp_path, monkeypatch):
+    """A header may claim any size: a member over MAX_MEMBER_BYTES is never read into memory; the samples before
+    it are kept and the shard is reported like a damaged one."""
+    import distgan.data.shards as shards
+
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 4096)
+    write_shard(str(tmp_path), 0, good("a", 3) + [{"__key__": "big", "raw": b"\0" * 5000}] + good("b", 2))
+    errors: list[str] = []
+    got = [s["__key__"] for s in shards.iter_samples(str(tmp_path / shard_name(0)), errors.append)]
+    assert got == ["a00", "a01", "a02"]
+    assert len(errors) == 1 and "a member of 5000 bytes, over the" in errors[0], errors

@@ -10,6 +10,7 @@ Formats (the member's extension says which one a sample uses):
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -43,10 +44,18 @@ def decode_image(sample: dict, image_size: int, channels: int) -> np.ndarray:
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise ValueError(f"no image in sample (members: {sorted(k for k in sample if not k.startswith('__'))})")
-    with Image.open(io.BytesIO(sample[key])) as img:
-        img.load()
-        if img.size != (image_size, image_size):
+    with open_header(io.BytesIO(sample[key])) as img:
+        if img.size != (image_size, image_size):  # before decoding: a small file can claim a huge image
             raise ValueError(f"image is {img.size[0]}x{img.size[1]}, expected {image_size}x{image_size}")
+        img.load()
         mode = "L" if channels == 1 else "RGB"
         arr = np.asarray(img if img.mode == mode else img.convert(mode))
     return arr[:, :, None] if channels == 1 else arr
+
+
+def open_header(source) -> Image.Image:
+    """Image.open (it reads the header only), without Pillow's bomb warning: the caller checks the size itself and
+    says so in its skip message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)

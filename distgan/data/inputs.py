@@ -17,9 +17,13 @@ from typing import Optional
 
 from PIL import Image
 
+from distgan.data.codec import open_header
 from distgan.errors import UserError
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
+# an input larger than this is skipped before decoding (prepare --max-pixels): a few-KB PNG can claim 20,000 x 20,000
+# pixels, 1.2 GB once decoded, in every worker process
+MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PARTITION_FILE = "list_eval_partition.txt"
 CELEBA_FOLDER = "img_align_celeba"
@@ -150,15 +154,25 @@ def unique_keys(images: list[InputImage]) -> list[InputImage]:
 _open_zips: dict[str, zipfile.ZipFile] = {}  # one handle per zip per process: workers read many members
 
 
-def load_image(item: InputImage) -> Image.Image:
+def load_image(item: InputImage, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The decoded image; ValueError for one over max_pixels, found from its header before decoding."""
     if item.member:
         archive = _open_zips.get(item.path)
         if archive is None:
             archive = _open_zips[item.path] = zipfile.ZipFile(item.path)
         with archive.open(item.member) as f:
-            img = Image.open(f)
+            img = open_header(f)
+            check_pixels(img, max_pixels)
             img.load()
         return img
-    with Image.open(item.path) as img:
+    with open_header(item.path) as img:
+        check_pixels(img, max_pixels)
         img.load()
     return img
+
+
+
+def check_pixels(img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} px, more than --max-pixels {max_pixels}")

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from distgan.cli import run_main
 from distgan.config import SUPPORTED_IMAGE_SIZES
 from distgan.data.codec import FORMATS, encode_image
-from distgan.data.inputs import SPLITS, InputImage, find_inputs, load_image
+from distgan.data.inputs import MAX_PIXELS, SPLITS, InputImage, find_inputs, load_image
 from distgan.data.shards import MANIFEST, Manifest, count_samples, join, shard_name, write_manifest, write_shard
 from distgan.errors import UserError, first_line
 
@@ -87,13 +87,13 @@ def square_image(img: Image.Image, size: int, crop: int, channels: int) -> Image
 
 
 # --- one shard (runs in a worker process) -------------------------------------------------------------------------
-def write_one_shard(job: tuple[str, int, list[InputImage], Settings]) -> tuple[int, int, int, list[str]]:
+def write_one_shard(job: tuple[str, int, list[InputImage], Settings, int]) -> tuple[int, int, int, list[str]]:
     """(shard index, images written, images planned, messages about the inputs that could not be read)."""
-    out, index, items, s = job
+    out, index, items, s, max_pixels = job
     samples, failures = [], []
     for item in items:
         try:
-            img = square_image(load_image(item), s.size, s.crop, s.channels)
+            img = square_image(load_image(item, max_pixels), s.size, s.crop, s.channels)
             samples.append({"__key__": item.key, s.format: encode_image(img, s.format)})
         except Exception as exc:  # an unreadable input is skipped and reported, never the end of the run
             failures.append(f"{item.describe()}: {exc}")
@@ -163,8 +163,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="image encoding in the shards: raw (default; the fastest to read), png or jpg (smaller)")
     p.add_argument("--shard-size", type=int, default=2000, help="images per shard (default 2000)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"skip inputs larger than this, before decoding them (default {MAX_PIXELS:,})")
     args = p.parse_args(argv)
-    for name in ("size", "shard_size", "workers"):
+    for name in ("size", "shard_size", "workers", "max_pixels"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.crop is not None and args.crop < 0:
@@ -216,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if done:
         log.info("resuming: %d shards already written", len(done))
-    jobs = [(args.out, index, items[start:start + settings.shard_size], settings)
+    jobs = [(args.out, index, items[start:start + settings.shard_size], settings, args.max_pixels)
             for index, start in enumerate(range(0, len(items), settings.shard_size)) if index not in done]
     results = run_jobs(jobs, args.workers, sum(len(job[2]) for job in jobs))
 

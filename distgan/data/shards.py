@@ -134,6 +134,9 @@ def split_member_name(name: str) -> tuple[Optional[str], str]:
 
 
 BLOCK = 512
+# the most bytes one tar member may hold (after gzip): the reader holds a member in memory, and a header can claim any
+# size. Shards hold images of at most 128 px (under 100 KB); anything this large is not one of them.
+MAX_MEMBER_BYTES = 16 << 20
 
 
 def read_exact(stream, size: int) -> bytes:
@@ -178,6 +181,9 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
         if sum(header) - sum(header[148:156]) + 8 * 32 != stored:
             raise tarfile.ReadError("header checksum mismatch")
         size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
+        if size > MAX_MEMBER_BYTES:
+            raise tarfile.ReadError(f"a member of {size} bytes, over the {MAX_MEMBER_BYTES >> 20} MiB a shard member "
+                                    f"may hold")
         kind = header[156:157]
         data = read_exact(stream, size)
         padding = -size % BLOCK

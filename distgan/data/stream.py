@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distgan.data.codec import decode_image
 from distgan.data.shards import iter_samples
-from distgan.errors import DataSourceError
+from distgan.errors import DataSourceError, UnusableData
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def worker_error_message(exc: DataSourceError) -> str:
     """A DataLoader re-raises a worker's exception with the worker's traceback as its message: keep the last line."""
     last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-    return last.split("DataSourceError: ", 1)[-1]
+    return last.split(f"{type(exc).__name__}: ", 1)[-1]
 
 
 class ShardStream(IterableDataset):
@@ -173,7 +173,7 @@ class ShardStream(IterableDataset):
             if not self.resampled:
                 break
             if empty_epochs >= len(self.urls):
-                raise DataSourceError(
+                raise UnusableData(
                     f"rank {self.rank} loader worker {worker}: no readable image in {empty_epochs} passes over its "
                     f"part of {len(self.urls)} shards (all bad, or fewer images than ranks x loader workers)")
             epoch, pos = epoch + 1, 0
@@ -240,7 +240,7 @@ class RealBatches:
         except DataSourceError as exc:
             message = worker_error_message(exc)
             exc.__traceback__ = None  # torch's re-raise leaves a reference cycle that delays worker shutdown by 10 s
-            raise DataSourceError(message) from None
+            raise type(exc)(message) from None  # UnusableData stays itself: a retry would repeat it
         w = int(meta["worker"])
         self.state["batches"] += 1
         self.state["workers"][w] = (int(meta["epoch"]), int(meta["pos"]))

@@ -14,19 +14,21 @@ Either file is accepted wherever a generator is needed.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from distgan.config import Config, from_dict, to_dict
+from distgan.config import Config, from_dict, stored_dict, to_dict
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
-from distgan.errors import StorageError, UnreadableFile, UserError, first_line, first_sentence
+from distgan.errors import (StorageError, StorageUnreachable, UnreadableFile, UnsafeFile, UserError, first_line,
+                            first_sentence)
+from distgan.io.retry import DEFAULT_TIMEOUT_S, with_retries
+from distgan.io.trusted_load import load_trusted
 from distgan.models import Generator, build_models
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def build_payload(state: TrainState, cfg: Config, ranks: list[dict[str, Any]],
                   metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """ranks: every rank's state_for_rank(), gathered (the caller does the collective); metrics: those reported with
     this checkpoint."""
-    return {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": state.step, "config": to_dict(cfg),
+    return {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": state.step, "config": stored_dict(cfg),
             "state": state.state_dict(), "ranks": ranks, "metrics": dict(metrics or {})}
 
 
@@ -91,7 +93,7 @@ def restore(state: TrainState, payload: dict[str, Any], dist: Dist, with_rank_st
 
 def generator_export(state: TrainState, cfg: Config, metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
     weights = {k: v.detach().cpu().clone() for k, v in state.G_ema.state_dict().items()}
-    config = to_dict(cfg)
+    config = stored_dict(cfg)  # ${oc.env:...} values stay expressions: exports are shared
     return {"format": EXPORT_FORMAT, "version": VERSION, "step": state.step, "model": config["model"],
             "config": config, "G_ema": weights, "metrics": dict(metrics or {})}
 
@@ -111,15 +113,35 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 
 def read_file(location: str | Path) -> Any:
-    """torch.load of a local path or an fsspec URL (s3://, gs://)."""
+    """load_trusted of a local path or an fsspec URL (s3://, gs://): never unpickles code."""
     location = str(location)
     if "://" in location and not location.startswith("file://"):
         import fsspec
 
         with fsspec.open(location, "rb") as f:
-            data = io.BytesIO(f.read())
-        return torch.load(data, map_location="cpu", weights_only=False)
-    return torch.load(location.removeprefix("file://"), map_location="cpu", weights_only=False)
+            return load_trusted(f.read(), location)
+    return load_trusted(location.removeprefix("file://"), location)
+
+
+def decode_payload(data: bytes, name: str) -> dict[str, Any]:
+    """A full checkpoint from its bytes: load_trusted, then check_payload."""
+    payload = load_trusted(data, name)
+    check_payload(payload)
+    return payload
+
+
+def read_newest(candidates: list[tuple[int, str, Callable[[], bytes]]]) -> tuple[Optional[int], Optional[dict]]:
+    """(step, payload) of the newest of (step, name, fetch) candidates that reads back whole and checks: a corrupt
+    one (cut short, garbled) is reported and the one before it tried. Storage that stays away (StorageUnreachable)
+    and a file that holds code (UnsafeFile) end the search: neither makes an older checkpoint the right one."""
+    for step, name, fetch in candidates:
+        try:
+            return step, decode_payload(fetch(), name)
+        except (StorageUnreachable, UnsafeFile):
+            raise
+        except Exception as exc:
+            log.warning("checkpoint %s cannot be read (%s): trying the one before", name, first_line(exc))
+    return None, None
 
 
 def numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
@@ -134,8 +156,10 @@ class FolderCheckpoints:
     """ckpt-<step>.pt files in one folder: written atomically by rank 0, the newest `keep` kept, and best.pt.
     load_latest() skips unreadable files, newest first, and says so."""
 
-    def __init__(self, directory: str | Path, keep: int, dist: Optional[Dist] = None):
-        self.directory, self.keep, self.dist = Path(directory), keep, dist or Dist()
+    def __init__(self, directory: str | Path, keep: int, dist: Optional[Dist] = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        """timeout_s: how long a read waits out an I/O error (run.storage_timeout_s: a network file system)."""
+        self.directory, self.keep, self.dist, self.timeout_s = Path(directory), keep, dist or Dist(), timeout_s
         if self.dist.is_main:
             for p in remove_stale_temporaries(self.directory):
                 log.warning("removed %s, left by a checkpoint write that did not finish", p.name)
@@ -148,13 +172,12 @@ class FolderCheckpoints:
 
     def load_latest(self) -> Optional[dict[str, Any]]:
         found = numbered(self.directory, PATTERN)
-        for step, path in reversed(found):
-            try:
-                payload = read_file(path)
-                check_payload(payload)
-                return payload
-            except Exception as exc:
-                log.warning("checkpoint %s cannot be read (%s): trying the one before", path, first_line(exc))
+        candidates = [(step, str(path), lambda path=path: with_retries(path.read_bytes, f"reading {path}",
+                                                                       self.timeout_s))
+                      for step, path in reversed(found)]
+        _, payload = read_newest(candidates)
+        if payload is not None:
+            return payload
         if found:
             raise StorageError(f"none of the {len(found)} checkpoints in {self.directory} can be read")
         return None
@@ -207,6 +230,8 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
         data = read_file(location)
     except FileNotFoundError:
         raise UserError(f"{location} does not exist") from None
+    except UnsafeFile:
+        raise
     except Exception as exc:
         raise UnreadableFile(f"{location} is not a distgan checkpoint or generator export: "
                              f"{first_sentence(exc)}") from None

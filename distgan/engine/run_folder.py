@@ -2,7 +2,8 @@
 
 TensorBoard's writer and the PNG writer want a local file. For a URL they write into a local staging folder and
 sync() copies what is new or changed up to the URL; for a path they write in place and sync() does nothing.
-Small control files (which worker runs where, the stop request) go straight through fsspec either way.
+Small control files (which worker runs where, the stop request) go straight through fsspec either way. Every call
+rides out a storage outage for timeout_s (distgan/io/retry.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import fsspec
+
+from distgan.errors import StorageUnreachable
+from distgan.io.retry import DEFAULT_TIMEOUT_S, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +117,16 @@ def filesystem_of(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 class RunFolder:
-    def __init__(self, location: str):
-        self.location = location
+    def __init__(self, location: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+        """timeout_s: how long a call waits for storage that does not answer (run.storage_timeout_s)."""
+        self.location, self.timeout_s = location, timeout_s
         self.fs, self.root = filesystem_of(location)
         self.remote = is_url(location)
         self._local = None if self.remote else Path(self.root)
         self._uploaded: dict[Path, tuple[int, int]] = {}
         self._uploader: threading.Thread | None = None
         self._last_sync = 0.0
+        self.keep_staging = False  # a final copy that storage never took: the files stay for the user
 
     @property
     def local(self) -> Path:
@@ -142,50 +148,56 @@ class RunFolder:
         self._uploader.start()
 
     def close(self) -> None:
-        """Final sync; a staging folder is then deleted."""
+        """Final sync, waiting out an outage; a staging folder is then deleted."""
         if self._uploader is not None:
             self._uploader.join()
-        self.sync()
-        if self.remote and self._local is not None:
+        self.sync(final=True)
+        if self.remote and self._local is not None and not self.keep_staging:
             shutil.rmtree(self._local, ignore_errors=True)
 
     def path(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
 
+    def _retrying(self, action: Callable, what: str):
+        return with_retries(action, f"{what} {self.location}", self.timeout_s)
+
     def write_text(self, name: str, text: str) -> None:
-        if not self.remote:
-            self.fs.makedirs(self.path(name).rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(self.path(name), "w") as f:
-            f.write(text)
+        self.write_bytes(name, text.encode())
 
     def read_text(self, name: str) -> str:
-        with self.fs.open(self.path(name), "r") as f:
-            return f.read()
+        return self.read_bytes(name).decode()
 
     def glob(self, pattern: str) -> list[str]:
-        return list(self.fs.glob(self.path(pattern)))
+        return self._retrying(lambda: list(self.fs.glob(self.path(pattern))), "listing")
 
     def read_bytes(self, name: str) -> bytes:
-        with self.fs.open(self.path(name), "rb") as f:
-            return f.read()
+        def read() -> bytes:
+            with self.fs.open(self.path(name), "rb") as f:
+                return f.read()
+
+        return self._retrying(read, f"reading {name} in")
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Whole or not at all: a local file through write_durably (an object store's put is atomic anyway)."""
         target = self.path(name)
-        if self.remote:
-            with self.fs.open(target, "wb") as f:
-                f.write(data)
-            return
-        write_durably(Path(target), lambda f: f.write(data))
+
+        def write() -> None:
+            if self.remote:
+                with self.fs.open(target, "wb") as f:
+                    f.write(data)
+            else:
+                write_durably(Path(target), lambda f: f.write(data))
+
+        self._retrying(write, f"writing {name} to")
 
     def exists(self, name: str) -> bool:
-        return self.fs.exists(self.path(name))
+        return self._retrying(lambda: self.fs.exists(self.path(name)), f"looking for {name} in")
 
     def remove(self, name: str) -> None:
-        if self.fs.exists(self.path(name)):
-            self.fs.rm(self.path(name))
+        if self.exists(name):
+            self._retrying(lambda: self.fs.rm(self.path(name)), f"removing {name} from")
 
-    def sync(self) -> None:
+    def sync(self, final: bool = False) -> None:
         """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again; one
         caught mid-write is sent whole next time, and TensorBoard reads a file up to its last complete record),
         and delete remote copies of uploaded files that are gone locally (pruned generator exports)."""
@@ -212,7 +224,14 @@ class RunFolder:
                 continue
             target = self.path(file.relative_to(self.local).as_posix())
             try:
-                self.fs.put_file(str(file), target)
+                if final:  # nothing comes after: wait out an outage
+                    self._retrying(lambda: self.fs.put_file(str(file), target), f"copying {file.name} to")
+                else:
+                    self.fs.put_file(str(file), target)
+            except StorageUnreachable as exc:
+                log.error("%s; the files not yet copied stay in %s", exc, self.local)
+                self.keep_staging = True
+                return
             except Exception as exc:  # a storage hiccup must not kill training: the next sync retries
                 log.warning("could not copy %s to %s: %s", file.name, target, exc)
                 continue

@@ -33,9 +33,10 @@ from distgan.data.sources import is_manifest_source
 from distgan.data.validation import ValidationStream, validation_batches
 from distgan.engine.distributed import Dist
 from distgan.engine.logger import say
-from distgan.errors import DataSourceError, first_line
+from distgan.errors import DataSourceError, UnsafeFile, first_line
 from distgan.evaluation.inception import FeatureNetwork, to_uint8
 from distgan.evaluation.statistics import SetStatistics
+from distgan.io.trusted_load import load_trusted
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,16 @@ def cache_locations(cfg: Config, stream: ValidationStream, key: str) -> list[str
 
 
 def read_cache(locations: list[str]) -> tuple[Optional[dict], str]:
-    """(the cached statistics, where they were) or (None, "")."""
+    """(the cached statistics, where they were) or (None, ""). A file that holds code is refused (UnsafeFile):
+    anyone who can write next to the shards could otherwise run code in every evaluating run."""
     for location in locations:
         try:
             fs, path = fsspec.core.url_to_fs(location)
             if fs.exists(path):
                 with fs.open(path, "rb") as f:
-                    return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False), location
+                    return load_trusted(f.read(), location), location
+        except UnsafeFile:
+            raise
         except Exception as exc:
             log.warning("reference statistics at %s cannot be read (%s): recomputing", location, first_line(exc))
     return None, ""

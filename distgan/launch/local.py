@@ -40,7 +40,8 @@ class LocalLauncher:
         self.cpus = float(len(os.sched_getaffinity(0)))
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
         refuse_another_modes_run(str(self.run_dir), "local")
-        self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints)
+        self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints,
+                                             timeout_s=cfg.run.storage_timeout_s)
         self.stop_signal: Optional[int] = None  # the signal that asked the run to stop
         self._previous: dict[int, object] = {}
 

@@ -13,7 +13,9 @@ from typing import Any, Optional, Sequence
 from distgan.config import Config, to_dict, with_absolute_paths
 from distgan.engine.checkpoint import refuse_another_modes_run
 from distgan.engine.run_folder import RunFolder
-from distgan.errors import DataSourceError, Diverged, StorageError, UserError, first_line, first_sentence
+from distgan.errors import (DataSourceError, Diverged, StorageError, StorageUnreachable, UnusableData, UserError,
+                            first_line, first_sentence)
+from distgan.launch.cluster_token import secure_local_cluster
 from distgan.launch.ray_output import quiet_driver_output
 from distgan.launch.ray_worker import STOP_FILE, worker_main
 
@@ -76,8 +78,9 @@ def connect(cfg: Config) -> bool:
                 hint = (": give the cluster's GCS address (HEAD:6379), or unset it on a Ray node (a `ray job "
                         "submit` job finds its cluster itself)") if "://" in address else f": {first_sentence(exc)}"
                 raise UserError(f"{source}={address} is not a Ray cluster address{hint}") from None
-        else:  # a private local cluster ("local": never join one found running on this machine), listening on
-            # loopback only; the dashboard serves Ray Train's state API
+        else:  # a private local cluster ("local": never join one found running on this machine) with token
+            # authentication; the dashboard (Ray Train's state API) on 127.0.0.1, Ray's gRPC ports on all interfaces
+            print(secure_local_cluster())
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
                      dashboard_host="127.0.0.1", log_to_driver=True)
             started = True
@@ -119,10 +122,12 @@ def check_resumed_model(cfg: Config) -> None:
 
 def check_storage(cfg: Config) -> RunFolder:
     """The run folder every worker must write to: found unwritable now, in one line, not from N tracebacks."""
-    folder = RunFolder(run_dir_of(cfg))
+    folder = RunFolder(run_dir_of(cfg), cfg.run.storage_timeout_s)
     try:
         folder.remove(STOP_FILE)
         folder.write_text(".distgan", "run folder\n")
+    except StorageUnreachable:
+        raise
     except Exception as exc:
         raise StorageError(f"run.root: cannot write to {folder.location}: {first_line(exc)}") from None
     return folder
@@ -220,10 +225,11 @@ def fit(trainer):
 def repeats_on_retry(error: BaseException) -> Optional[BaseException]:
     """The worker's own exception if a retry would only raise it again: a divergence (a retry restarts from the
     same checkpoint, RNGs and data position, so the same NaN comes back at the same step) or a mistake in the
-    config or the run; not storage or data errors, which can pass (a bucket's hiccup, a node without the mount)."""
+    config or the run, storage that stayed away for run.storage_timeout_s (the worker waited already), data with
+    no readable image; not other storage or data errors, which can pass (a bucket's hiccup, a node without the mount)."""
     cause = getattr(error, "cause", None) or error  # a RayTaskError carries the original as .cause
-    if isinstance(cause, Diverged) or (isinstance(cause, UserError)
-                                       and not isinstance(cause, (StorageError, DataSourceError))):
+    if isinstance(cause, (Diverged, StorageUnreachable, UnusableData)) or (
+            isinstance(cause, UserError) and not isinstance(cause, (StorageError, DataSourceError))):
         return cause
     return None
 

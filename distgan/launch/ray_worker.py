@@ -19,10 +19,11 @@ from typing import Any, Optional
 import torch
 
 from distgan.config import Config, from_dict
-from distgan.engine.checkpoint import CHECKPOINT_FILE, check_payload, read_file, write_atomic
+from distgan.engine.checkpoint import CHECKPOINT_FILE, decode_payload, read_newest, write_atomic
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import RunFolder
-from distgan.errors import StorageError, first_line
+from distgan.errors import StorageError, StorageUnreachable, UnsafeFile, first_line
+from distgan.io.retry import with_retries
 from distgan.launch.ray_output import quiet_worker_logging
 
 log = logging.getLogger(__name__)
@@ -65,46 +66,49 @@ class RayCheckpoints:
         # otherwise take the start_from branch below and leave rank 0 alone in the broadcast
         tried = self.dist.broadcast_object(self.candidates() if self.dist.is_main else None)
         if not tried and self.start_from:
-            location = f"{self.start_from.rstrip('/')}/{CHECKPOINT_FILE}"
-            try:
-                payload = read_file(location)
-                check_payload(payload)
-            except Exception as exc:
-                raise StorageError(f"cannot start from {location}: {first_line(exc)}") from None
-            return payload
+            return self._read_start_from()
         # rank 0 picks the newest readable checkpoint and every rank loads that one: a storage hiccup on one rank
-        # must not put the ranks on different steps
-        chosen, payload = None, None
+        # must not put the ranks on different steps. Storage that stays away or a file that holds code ends the run
+        # on every rank alike (never an older checkpoint, never a rank left waiting in the broadcast).
+        outcome, payload = None, None
         if self.dist.is_main:
-            for step in tried:
-                try:
-                    payload = self._read(step)
-                    chosen = step
-                    break
-                except Exception as exc:
-                    log.warning("checkpoint %s cannot be read (%s): trying the one before", self._location(step),
-                                first_line(exc))
-        chosen = self.dist.broadcast_object(chosen)
-        if chosen is None:
+            try:
+                outcome, payload = read_newest([(step, self._location(step), lambda step=step: self._bytes(step))
+                                                for step in tried])
+            except (StorageUnreachable, UnsafeFile) as exc:
+                outcome = (type(exc).__name__, str(exc))
+        outcome = self.dist.broadcast_object(outcome)
+        if isinstance(outcome, tuple):
+            raise {"StorageUnreachable": StorageUnreachable, "UnsafeFile": UnsafeFile}[outcome[0]](outcome[1])
+        if outcome is None:
             if tried:
                 raise StorageError(f"none of the {len(tried)} checkpoints in {self.folder.location} can be read")
             return None
         if payload is None:
             try:
-                payload = self._read(chosen)
+                payload = decode_payload(self._bytes(outcome), self._location(outcome))
+            except (StorageUnreachable, UnsafeFile):
+                raise
             except Exception as exc:
-                raise StorageError(f"rank {self.dist.rank} cannot read {self._location(chosen)}, which rank 0 "
+                raise StorageError(f"rank {self.dist.rank} cannot read {self._location(outcome)}, which rank 0 "
                                    f"read: {first_line(exc)}") from None
         return payload
+
+    def _read_start_from(self) -> dict[str, Any]:
+        location = f"{self.start_from.rstrip('/')}/{CHECKPOINT_FILE}"
+        try:
+            data = RunFolder(self.start_from, self.folder.timeout_s).read_bytes(CHECKPOINT_FILE)
+            return decode_payload(data, location)
+        except (StorageUnreachable, UnsafeFile):
+            raise
+        except Exception as exc:
+            raise StorageError(f"cannot start from {location}: {first_line(exc)}") from None
 
     def _location(self, step: int) -> str:
         return f"{self.folder.location.rstrip('/')}/{checkpoint_dir(step)}/{CHECKPOINT_FILE}"
 
-    def _read(self, step: int) -> dict[str, Any]:
-        data = self.folder.read_bytes(f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}")
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        check_payload(payload)
-        return payload
+    def _bytes(self, step: int) -> bytes:
+        return self.folder.read_bytes(f"{checkpoint_dir(step)}/{CHECKPOINT_FILE}")  # retried through outages
 
     def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
         import ray.train
@@ -116,8 +120,17 @@ class RayCheckpoints:
             with tempfile.TemporaryDirectory() as folder:
                 write_atomic(Path(folder) / CHECKPOINT_FILE, payload)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step))
+                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step),
+                                 checkpoint_upload_fn=self._upload)
         self.last_saved = step
+
+    def _upload(self, checkpoint, name: str):
+        """Ray Train's own copy to storage, riding out an outage (Ray tries 3 times, back to back)."""
+        import ray.train
+
+        storage = ray.train.get_context().get_storage()
+        return with_retries(lambda: storage.persist_current_checkpoint(checkpoint, name),
+                            f"uploading {name} to {self.folder.location}", self.folder.timeout_s)
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
         """best/checkpoint.pt in the run folder, beside Ray Train's own (it keeps the newest log.keep_checkpoints)."""
@@ -158,9 +171,10 @@ class RayLauncher:
         self.dist = Dist.from_process_group()
         self.device = ray.train.torch.get_device() if cfg.ray.use_gpu else torch.device("cpu")
         self.cpus = cfg.ray.cpus_per_worker
-        self.folder = RunFolder(run_dir)
+        timeout = cfg.run.storage_timeout_s
+        self.folder = RunFolder(run_dir, timeout)
         self.run_dir = self.folder.local
-        train_folder = self.folder if train_run_dir == run_dir else RunFolder(train_run_dir)
+        train_folder = self.folder if train_run_dir == run_dir else RunFolder(train_run_dir, timeout)
         self.checkpoints = RayCheckpoints(self.dist, train_folder, start_from)
 
     def should_stop(self) -> bool:
