@@ -190,7 +190,10 @@ class RunFolder:
 
         self._retrying(write, f"writing {name} to")
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: str, wait: bool = True) -> bool:
+        """wait=False: one look, no retries (a check made every log step must not hold training up)."""
+        if not wait:
+            return self.fs.exists(self.path(name))
         return self._retrying(lambda: self.fs.exists(self.path(name)), f"looking for {name} in")
 
     def remove(self, name: str) -> None:

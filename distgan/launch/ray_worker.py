@@ -129,8 +129,11 @@ class RayCheckpoints:
         import ray.train
 
         storage = ray.train.get_context().get_storage()
-        return with_retries(lambda: storage.persist_current_checkpoint(checkpoint, name),
-                            f"uploading {name} to {self.folder.location}", self.folder.timeout_s)
+        try:
+            return with_retries(lambda: storage.persist_current_checkpoint(checkpoint, name),
+                                f"uploading {name} to {self.folder.location}", self.folder.timeout_s)
+        except StorageUnreachable as exc:  # Ray retries an upload whose error names an AWS network error: not this one
+            raise StorageUnreachable(str(exc).replace("AWS Error", "AWS error")) from None
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
         """best/checkpoint.pt in the run folder, beside Ray Train's own (it keeps the newest log.keep_checkpoints)."""
@@ -183,7 +186,7 @@ class RayLauncher:
         if not self.dist.is_main:
             return False
         try:
-            return self.folder.exists(STOP_FILE)
+            return self.folder.exists(STOP_FILE, wait=False)  # storage away: no stop file, train on
         except Exception as exc:
             log.warning("could not check %s: %s", STOP_FILE, exc)
             return False
