@@ -28,14 +28,35 @@ from pathlib import Path
 import psutil
 
 BIN = Path(sys.executable).parent
+
+
+def session_token() -> Path:
+    """One token for every test cluster of this pytest process, in a file only its user can read (as
+    docs/cluster.md asks of a real cluster's); removed at exit."""
+    import atexit
+    import secrets
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dgt-token-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+    return path
+
+
+TOKEN_FILE = session_token()
 RAY = str(BIN / "ray")
 # The nodes run with this environment's bin/ first on PATH, as after `source .venv/bin/activate`: a job's
-# `python` is then the one with distgan's dependencies.
+# `python` is then the one with distgan's dependencies. Token authentication is on, as on a real cluster: every
+# driver, job submission and node started with ENV carries the session's token.
 # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: a node that gets SIGTERM stops at once instead of draining for minutes;
 # RAY_health_check_*: a killed node (its checks fail at once) is declared dead after 10 failed checks 1 s apart,
 # not Ray's 5 checks 3 s apart (tests/test_elastic.py); with 3 checks a live node of this busy 2-core machine was
 # once declared dead
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN_FILE), "RAY_USAGE_STATS_ENABLED": "0",
+       "PYTHONUNBUFFERED": "1",
        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_health_check_period_ms": "1000",
        "RAY_health_check_failure_threshold": "10",
        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -331,3 +331,14 @@ def test_a_tar_member_over_the_cap_ends_the_shard_there(tmp_path, monkeypatch):
     got = [s["__key__"] for s in shards.iter_samples(str(tmp_path / shard_name(0)), errors.append)]
     assert got == ["a00", "a01", "a02"]
     assert len(errors) == 1 and "a member of 5000 bytes, over the" in errors[0], errors
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.tar", "s3://other-bucket/shard.tar", "/etc/passwd",
+                                  "pipe:curl http://x", "sub/../../up.tar"])
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path, name):
+    """A shared manifest.json names files in its own folder only: a name with `..`, a scheme, pipe: or an absolute
+    path is one line, and nothing is opened."""
+    write_manifest(str(tmp_path), Manifest([{"name": name, "count": 1}], 1, SIZE, 3, "png"))
+    with pytest.raises(DataSourceError, match=r"shard name .* is not a file in the manifest's folder") as info:
+        resolve_source(str(tmp_path))
+    assert "\n" not in str(info.value)

@@ -169,3 +169,10 @@ def test_home_is_expanded_in_path_values(monkeypatch, tmp_path):
     assert (cfg.data.source, cfg.eval.source, cfg.eval.weights, cfg.run.root) == (
         f"{tmp_path}/shards", f"{tmp_path}/ref", f"{tmp_path}/net.pt", f"{tmp_path}/runs")
     assert load_config(None, ["data.source=s3://bucket/~x"]).data.source == "s3://bucket/~x"
+
+
+def test_an_unset_environment_variable_is_one_line():
+    from distgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^data.source: .*Environment variable 'DISTGAN_SURELY_UNSET' not found"):
+        load_config(None, ["data.source=${oc.env:DISTGAN_SURELY_UNSET}"])

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -197,3 +198,95 @@ def test_stopping_a_test_cluster_leaves_other_ray_processes_alive():
         if cleanup:
             cleanup()
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture
+def storage_switch(cluster, tmp_path):
+    """(endpoint URL, switch file): the S3 stand-in behind tests/storage_switch.py, which cuts it off while the
+    switch file exists."""
+    from ray_cluster import free_port, stop_by_pid
+
+    port = 5001 if cluster.prefix else free_port()
+    target = int(cluster.env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    switch = tmp_path / "storage-down"
+    proxy = subprocess.Popen([*cluster.prefix, sys.executable, str(ROOT / "tests" / "storage_switch.py"), str(port),
+                              str(target), str(switch)], stdout=subprocess.PIPE, text=True)
+    assert proxy.stdout.readline().strip() == "listening"
+    yield f"http://127.0.0.1:{port}", switch
+    stop_by_pid(proxy.pid, grace=10)
+
+
+def submit_through(cluster, endpoint: str, args: list[str], log_path):
+    """`ray job submit` whose driver and workers reach S3 through `endpoint` (the job's runtime environment)."""
+    runtime_env = json.dumps({"env_vars": {"AWS_ENDPOINT_URL": endpoint}})
+    return subprocess.Popen([*cluster.prefix, RAY, "job", "submit", "--address", cluster.dashboard, "--runtime-env-json",
+                             runtime_env, "--working-dir", ".", "--", "python", "-m", "distgan.train", *args],
+                            cwd=ROOT, env=ENV, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+LIST_RUN = """
+import sys, s3fs
+fs = s3fs.S3FileSystem()
+fs.makedirs("distgan-outage", exist_ok=True)
+print(sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{sys.argv[1]}/checkpoint_*")))
+"""
+
+
+def run_listing(cluster, run: str) -> str:
+    result = cluster.run([sys.executable, "-c", LIST_RUN, f"distgan-outage/runs/{run}"], timeout=60)
+    return result.stdout
+
+
+def test_an_s3_outage_is_ridden_out_and_one_that_stays_ends_the_run(cluster, tmp_path, demo_cache, storage_switch):
+    """The bucket goes away for 20 s in the middle of a run (the proxy cuts every connection): the workers wait it
+    out and the run ends as if nothing happened, every checkpoint whole. Then a run whose storage stays away past
+    run.storage_timeout_s ends in one line, without falling back to an older checkpoint, its history kept."""
+    endpoint, switch = storage_switch
+    run_listing(cluster, "none")  # creates the bucket
+    storage = ["run.root=s3://distgan-outage/runs", "log.checkpoint_every=5", "train.steps=60"]
+    log = tmp_path / "ridden.txt"
+    job = submit_through(cluster, endpoint, [*overrides(tmp_path, demo_cache, "ridden", "run.storage_timeout_s=120"),
+                                             *storage], log)
+    wait_for(lambda: "step 10/60" in log.read_text(), 300, "training to reach step 10")
+    switch.touch()
+    time.sleep(20)
+    switch.unlink()
+    text = finish(job, log, timeout=420)
+    assert "retrying in" in text, "the outage never reached the run"
+    assert "done at step 60" in text
+    in_cluster_network(cluster, DOWNLOAD, "s3://distgan-outage/runs/ridden", str(tmp_path / "ridden"))
+    assert readable_checkpoints(tmp_path / "ridden") == [50, 55, 60]
+    assert logged_steps(tmp_path / "ridden") == list(range(5, 61, 5)), "TensorBoard lost steps in the outage"
+
+    log = tmp_path / "away.txt"
+    job = submit_through(cluster, endpoint, [*overrides(tmp_path, demo_cache, "away", "run.storage_timeout_s=8"),
+                                             *storage], log)
+    wait_for(lambda: "step 10/60" in log.read_text(), 300, "training to reach step 10")
+    wait_for(lambda: "checkpoint_00000010" in run_listing(cluster, "away"), 60, "checkpoint 10 in the bucket")
+    switch.touch()
+    text = finish(job, log, timeout=300, returncode=1)  # ray job submit: the job failed
+    driver = [line.strip() for line in text.splitlines() if not re.match(r"\s*(\x1b\[3|\(|\d{4}-)", line)]
+    errors = {line for line in driver if line.startswith("error: ")}  # Ray's job CLI prints the log's tail twice
+    assert len(errors) == 1, text[-3000:]
+    assert "storage did not answer for 8 s (run.storage_timeout_s)" in errors.pop()
+    assert not any("Traceback" in line for line in driver), "the driver printed a traceback"
+    assert "trying the one before" not in text
+    switch.unlink()
+    in_cluster_network(cluster, DOWNLOAD, "s3://distgan-outage/runs/away", str(tmp_path / "away"))
+    found = checkpoints(tmp_path / "away")  # those written before the outage, every one whole
+    assert 10 in found and readable_checkpoints(tmp_path / "away") == found, found
+    kept = logged_steps(tmp_path / "away")  # what reached the bucket before the outage (synced every 30 s at most)
+    assert kept and kept == list(range(5, 5 * len(kept) + 1, 5)), "the history before the outage is gone"
+
+
+def test_the_cluster_refuses_a_job_without_its_token(cluster):
+    """docs/cluster.md's check, on the test cluster (started as the shipped cluster files start theirs, with
+    RAY_AUTH_MODE=token): `ray job list` with a wrong token, or none, is refused; with the token it answers."""
+    command = [RAY, "job", "list", "--address", cluster.dashboard]
+    env = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    for without in ({**env, "RAY_AUTH_TOKEN": "wrong"}, {**env, "RAY_AUTH_MODE": "disabled"}):
+        refused = cluster.run(command, env=without, timeout=120)
+        assert refused.returncode != 0, refused.stdout[-2000:]
+        assert re.search(r"Unauthorized|401|[Aa]uthentication", refused.stdout + refused.stderr), refused.stderr[-2000:]
+    allowed = cluster.run(command, env=ENV, timeout=120)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]

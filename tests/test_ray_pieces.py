@@ -1,6 +1,7 @@
 """Ray mode's pieces that need no cluster: which worker errors end a run instead of a retry, and which checkpoints
 a restarted worker group tries (tests/test_ray.py runs the whole thing on a real cluster)."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -82,3 +83,74 @@ def test_a_run_folder_on_object_storage_mirrors_its_staging_folder(tmp_path):
     assert remote() == {"events.out": b"first records, and more", **{
         f"generators/generator-{s:08d}.pt": b"export %d" % s if s < 4 else b"half" for s in (2, 3, 4)}}
     assert not local.exists(), "the staging folder goes with close()"
+
+
+def test_checkpoint_folders_ray_never_registered_are_pruned_like_the_others(tiny_config, tmp_path, monkeypatch):
+    """A folder written by an attempt lost before Ray's controller recorded it is never deleted by Ray: at the next
+    start the newest log.keep_checkpoints stay, registered or not, and older unregistered ones go."""
+    import io
+    import json
+
+    import torch
+
+    from distgan.engine.checkpoint import CHECKPOINT_FILE, build_payload
+    from distgan.engine.distributed import Dist
+    from distgan.engine.run_folder import RunFolder
+    from distgan.engine.state import TrainState
+    from distgan.launch.ray_worker import SNAPSHOT, RayCheckpoints, checkpoint_dir
+
+    cfg = tiny_config()
+    state = TrainState.create(cfg, torch.device("cpu"), Dist())
+    for step in (2, 4, 6, 8, 10):
+        state.step = step
+        (tmp_path / checkpoint_dir(step)).mkdir()
+        buffer = io.BytesIO()
+        torch.save(build_payload(state, cfg, [state.rank_state()]), buffer)
+        (tmp_path / checkpoint_dir(step) / CHECKPOINT_FILE).write_bytes(buffer.getvalue())
+    registered = [{"checkpoint_dir_name": checkpoint_dir(step)} for step in (2, 8, 10)]  # Ray deletes 2 itself
+    (tmp_path / SNAPSHOT).write_text(json.dumps({"checkpoint_results": registered}))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    assert RayCheckpoints(Dist(), RunFolder(str(tmp_path)), keep=3).load_latest()["step"] == 10
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_0*")) == [checkpoint_dir(s) for s in (2, 6, 8, 10)]
+
+
+def test_generator_exports_of_earlier_attempts_are_pruned_in_the_bucket():
+    """An attempt's staging folder holds only its own exports: the bucket keeps the newest log.keep_checkpoints of
+    all attempts (and generator-best.pt), not every export an earlier attempt left."""
+    import fsspec
+
+    from distgan.engine.run_folder import RunFolder
+
+    fs = fsspec.filesystem("memory")
+    for step in (5, 10, 15):  # an earlier attempt's
+        fs.pipe(f"/bucket/run-prune/generators/generator-{step:08d}.pt", b"old %d" % step)
+    fs.pipe("/bucket/run-prune/generators/generator-best.pt", b"best")
+    folder = RunFolder("memory://bucket/run-prune")
+    folder.keep_newest("generators/generator-[0-9]*.pt", 3)
+    (folder.local / "generators").mkdir()
+    for step in (20, 25):
+        (folder.local / "generators" / f"generator-{step:08d}.pt").write_bytes(b"new %d" % step)
+    folder.close()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find("/bucket/run-prune/generators")) == [
+        "generator-00000015.pt", "generator-00000020.pt", "generator-00000025.pt", "generator-best.pt"]
+
+
+def test_staging_folders_of_dead_processes_are_removed_at_the_next_start(tmp_path, monkeypatch):
+    """A killed worker leaves its staging folder in the temporary directory: the next run folder on object storage
+    removes those whose process is gone, and keeps a live process's and one whose final copy failed (.kept)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from distgan.engine.run_folder import KEPT_MARKER, STAGING_PREFIX, RunFolder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f"{STAGING_PREFIX}{dead.stdout.strip()}-abc"
+    kept = tmp_path / f"{STAGING_PREFIX}{dead.stdout.strip()}-kept"
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-live"
+    for folder in (gone, kept, live):
+        (folder / "tensorboard").mkdir(parents=True)
+    (kept / KEPT_MARKER).write_text("s3://bucket/run\n")
+    staging = RunFolder("memory://bucket/run-staging").local
+    assert not gone.exists() and kept.exists() and live.exists() and staging.parent == tmp_path

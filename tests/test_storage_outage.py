@@ -193,3 +193,32 @@ def test_local_mode_tells_an_io_error_from_a_corrupt_file(tiny_config, tmp_path,
     with pytest.raises(StorageUnreachable, match="ckpt-00000004.pt: storage did not answer for 2 s"):
         store.load_latest()
     assert "trying the one before" not in caplog.text
+
+
+# --- Ray Train's own storage calls --------------------------------------------------------------------------------
+def test_ray_trains_filesystem_waits_out_an_outage_and_gives_up_after_it(flaky, tmp_path):
+    """What Ray Train is given for object storage (launch/ray_train.py): its checkpoint copies and its controller's
+    record write wait an outage out, and fail with StorageUnreachable when it lasts."""
+    import pyarrow.fs as pafs
+
+    from distgan.io.retrying_arrow_fs import RetryingHandler
+
+    inner = pafs.PyFileSystem(pafs.FSSpecHandler(flaky()))
+    fs = pafs.PyFileSystem(RetryingHandler(inner, timeout_s=30))
+    (tmp_path / "checkpoint_00000002").mkdir()
+    (tmp_path / "checkpoint_00000002" / "checkpoint.pt").write_bytes(b"weights" * 1000)
+    outage(2.5)
+    fs.create_dir("bucket/run/checkpoint_00000002")
+    pafs.copy_files(str(tmp_path / "checkpoint_00000002"), "bucket/run/checkpoint_00000002",
+                    destination_filesystem=fs)  # Ray Train's checkpoint upload
+    with fs.open_output_stream("bucket/run/checkpoint_manager_snapshot.json") as f:  # its controller's record
+        f.write(b"{}")
+    assert flaky.calls_while_down >= 2
+    with fs.open_input_file("bucket/run/checkpoint_00000002/checkpoint.pt") as f:
+        assert f.read() == b"weights" * 1000
+
+    short = pafs.PyFileSystem(RetryingHandler(inner, timeout_s=2))
+    flaky.down.set()
+    with pytest.raises(StorageUnreachable, match="writing bucket/run/checkpoint_manager_snapshot.json: storage did"):
+        with short.open_output_stream("bucket/run/checkpoint_manager_snapshot.json") as f:
+            f.write(b"{}")

@@ -169,3 +169,38 @@ def test_files_written_before_trusted_loading_still_load(tiny_config, tmp_path):
     assert np.array_equal(loaded["ranks"][0]["data_state"]["histogram"], np.arange(4))
     assert torch.equal(loaded["ranks"][0]["torch_rng"], payload["ranks"][0]["torch_rng"])
     state.load_state_dict(loaded["state"])
+
+
+def test_values_read_from_the_environment_are_stored_as_the_expression(tiny_config, tmp_path, demo_cache,
+                                                                         monkeypatch):
+    """A config that reads a secret with ${oc.env:...} (here a data path with a token in it) trains with the value,
+    and stores the expression: in checkpoints, exports, TensorBoard's config text, and a search's search.json and
+    best.yaml."""
+    import shutil
+
+    from distgan.data.demo import ensure_demo_shards
+    from distgan.launch.local import train_local
+    from distgan.launch.search import SearchConfig
+
+    secret = "tok-5f3a9c1e"
+    shards = tmp_path / f"data-{secret}"
+    shutil.copytree(ensure_demo_shards(demo_cache, 16, 512), shards)
+    monkeypatch.setenv("DISTGAN_TEST_SHARDS", str(shards))
+    cfg = tiny_config("data.source=${oc.env:DISTGAN_TEST_SHARDS}", "train.steps=2", "log.checkpoint_every=2")
+    assert cfg.data.source == str(shards)
+    train_local(cfg, tmp_path / "run")
+    stored = [tmp_path / "run" / "checkpoints" / "ckpt-00000002.pt", tmp_path / "run" / "generators" /
+              "generator-00000002.pt", *(tmp_path / "run" / "tensorboard").glob("events.*")]
+    assert len(stored) == 3
+    for path in stored:
+        data = path.read_bytes()
+        assert secret.encode() not in data, f"{path.name} holds the value"
+        assert b"${oc.env:DISTGAN_TEST_SHARDS}" in data, f"{path.name} lost the expression"
+    export = load_trusted(str(stored[1]), "export")
+    assert export["config"]["data"]["source"] == "${oc.env:DISTGAN_TEST_SHARDS}"
+
+    from distgan.tune import best_config, settings
+
+    search = SearchConfig(space={"train.lr_g": {"choice": [1e-4, 2e-4]}})
+    for text in (str(settings(cfg, search)), best_config(cfg, search, {"train.lr_g": 1e-4}, 2)):
+        assert secret not in text and "${oc.env:DISTGAN_TEST_SHARDS}" in text

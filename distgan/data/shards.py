@@ -22,6 +22,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from distgan.errors import DataSourceError
+
 MANIFEST = "manifest.json"
 
 
@@ -39,10 +41,20 @@ class Manifest:
     skipped: int = 0  # source images that could not be read when the shards were written
 
     def urls(self, root: str) -> list[str]:
-        return [join(root, s["name"]) for s in self.shards]
+        return [join(root, check_shard_name(s["name"])) for s in self.shards]
 
     def counts(self) -> list[int]:
         return [int(s["count"]) for s in self.shards]
+
+
+def check_shard_name(name: str) -> str:
+    """A manifest names files inside its own folder: a name with a scheme, a pipe:, an absolute path or `..`
+    would point the readers elsewhere (or at a command), so it is refused."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or ":" in name or name.startswith("/") or ".." in parts:
+        raise DataSourceError(f"{MANIFEST}: shard name {name!r} is not a file in the manifest's folder (no scheme, "
+                              f"no pipe:, no absolute path, no '..')")
+    return name
 
 
 def join(root: str, name: str) -> str:

@@ -116,6 +116,25 @@ def filesystem_of(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise StorageError(f"{location}: {first_line(exc)}") from None
 
 
+STAGING_PREFIX = "distgan-run-"  # + the writer's pid: a folder whose process is gone was left by a killed worker
+KEPT_MARKER = ".kept"  # in a staging folder whose final copy failed: the user's to copy, never removed
+
+
+def remove_dead_staging_folders() -> None:
+    """Staging folders of this user's processes that died (a killed worker never removes its own)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or (folder / KEPT_MARKER).exists():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, the staging folder of a process that is gone", folder)
+        except OSError:  # not ours to signal, or gone meanwhile: leave it
+            continue
+
+
 class RunFolder:
     def __init__(self, location: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         """timeout_s: how long a call waits for storage that does not answer (run.storage_timeout_s)."""
@@ -127,12 +146,14 @@ class RunFolder:
         self._uploader: threading.Thread | None = None
         self._last_sync = 0.0
         self.keep_staging = False  # a final copy that storage never took: the files stay for the user
+        self._keep_newest: dict[str, int] = {}
 
     @property
     def local(self) -> Path:
         """Where this process writes files: the run folder itself, or a staging folder for a URL."""
         if self._local is None:
-            self._local = Path(tempfile.mkdtemp(prefix="distgan-run-"))
+            remove_dead_staging_folders()
+            self._local = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         return self._local
 
     def sync_soon(self, min_interval_s: float = 30.0) -> None:
@@ -196,6 +217,9 @@ class RunFolder:
             return self.fs.exists(self.path(name))
         return self._retrying(lambda: self.fs.exists(self.path(name)), f"looking for {name} in")
 
+    def remove_tree(self, name: str) -> None:
+        self._retrying(lambda: self.fs.rm(self.path(name), recursive=True), f"removing {name} from")
+
     def remove(self, name: str) -> None:
         if self.exists(name):
             self._retrying(lambda: self.fs.rm(self.path(name)), f"removing {name} from")
@@ -232,10 +256,26 @@ class RunFolder:
                 else:
                     self.fs.put_file(str(file), target)
             except StorageUnreachable as exc:
-                log.error("%s; the files not yet copied stay in %s", exc, self.local)
+                log.error("%s; the files not yet copied stay in %s (copy them to %s, then delete it)", exc,
+                          self.local, self.location)
                 self.keep_staging = True
+                (self.local / KEPT_MARKER).write_text(f"{self.location}\n")
                 return
             except Exception as exc:  # a storage hiccup must not kill training: the next sync retries
                 log.warning("could not copy %s to %s: %s", file.name, target, exc)
                 continue
             self._uploaded[file] = signature
+        for pattern, keep in self._keep_newest.items():
+            self._prune(pattern, keep)
+
+    def keep_newest(self, pattern: str, keep: int) -> None:
+        """After each sync, only the newest `keep` files matching pattern (names that sort by step) stay in the
+        bucket: earlier attempts' files too, which this process's staging folder never held."""
+        self._keep_newest[pattern] = keep
+
+    def _prune(self, pattern: str, keep: int) -> None:
+        try:
+            for path in sorted(self.fs.glob(self.path(pattern)))[:-keep]:
+                self.fs.rm(path)
+        except Exception as exc:  # the next sync tries again
+            log.warning("could not prune %s in %s: %s", pattern, self.location, exc)

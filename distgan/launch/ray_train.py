@@ -15,6 +15,7 @@ from distgan.engine.checkpoint import refuse_another_modes_run
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import (DataSourceError, Diverged, StorageError, StorageUnreachable, UnusableData, UserError,
                             first_line, first_sentence)
+from distgan.io.retrying_arrow_fs import retrying_filesystem
 from distgan.launch.cluster_token import secure_local_cluster
 from distgan.launch.ray_output import quiet_driver_output
 from distgan.launch.ray_worker import STOP_FILE, worker_main
@@ -143,6 +144,9 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
 
     train_name = train_name or cfg.run.name
     train_storage = train_storage or storage_path(cfg)
+    storage_fs, storage_fs_path = None, train_storage
+    if "://" in train_storage:  # object storage: Ray Train's own calls ride out an outage too
+        storage_fs, storage_fs_path = retrying_filesystem(train_storage, cfg.run.storage_timeout_s)
     loop_config = {"config": to_dict(cfg), "run_dir": run_dir_of(cfg),
                    "train_run_dir": f"{train_storage.rstrip('/')}/{train_name}", "start_from": start_from}
     return TorchTrainer(
@@ -158,7 +162,8 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
         ),
         run_config=RunConfig(
             name=train_name,
-            storage_path=train_storage,
+            storage_path=storage_fs_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep_checkpoints),
             # Ray Train's own INFO records (every report, worker-group start) stay in the session's log files

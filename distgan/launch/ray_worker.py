@@ -23,12 +23,12 @@ from distgan.engine.checkpoint import CHECKPOINT_FILE, decode_payload, read_newe
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import RunFolder
 from distgan.errors import StorageError, StorageUnreachable, UnsafeFile, first_line
-from distgan.io.retry import with_retries
 from distgan.launch.ray_output import quiet_worker_logging
 
 log = logging.getLogger(__name__)
 
 STOP_FILE = "STOP"  # written into the run directory by the driver on SIGTERM or Ctrl-C
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
 
 
 class RayCheckpoints:
@@ -38,10 +38,11 @@ class RayCheckpoints:
     newest checkpoint folder of the run that reads back whole (see candidates), and falls back to older ones.
     """
 
-    def __init__(self, dist: Dist, folder: RunFolder, start_from: str = ""):
+    def __init__(self, dist: Dist, folder: RunFolder, start_from: str = "", keep: int = 3):
         """folder: the Train run's own folder (storage_path/name). start_from: a checkpoint folder of another Train
-        run to start from when this one has none yet (a Tune trial restored or exploited by PBT)."""
-        self.dist, self.folder, self.start_from = dist, folder, start_from
+        run to start from when this one has none yet (a Tune trial restored or exploited by PBT). keep:
+        log.keep_checkpoints, which Ray applies to the checkpoints it registered and prune_unregistered to the rest."""
+        self.dist, self.folder, self.start_from, self.keep = dist, folder, start_from, keep
         self.last_saved: Optional[int] = None
 
     def candidates(self) -> list[int]:
@@ -77,6 +78,8 @@ class RayCheckpoints:
                                                 for step in tried])
             except (StorageUnreachable, UnsafeFile) as exc:
                 outcome = (type(exc).__name__, str(exc))
+        if self.dist.is_main and isinstance(outcome, int):
+            self.prune_unregistered(tried, outcome)
         outcome = self.dist.broadcast_object(outcome)
         if isinstance(outcome, tuple):
             raise {"StorageUnreachable": StorageUnreachable, "UnsafeFile": UnsafeFile}[outcome[0]](outcome[1])
@@ -93,6 +96,22 @@ class RayCheckpoints:
                 raise StorageError(f"rank {self.dist.rank} cannot read {self._location(outcome)}, which rank 0 "
                                    f"read: {first_line(exc)}") from None
         return payload
+
+    def prune_unregistered(self, steps: list[int], chosen: int) -> None:
+        """Checkpoint folders Ray never registered (written by an attempt lost before Ray's controller collected
+        its report) are kept like the others: the newest `keep`. Ray deletes only those it registered."""
+        try:
+            snapshot = json.loads(self.folder.read_text(SNAPSHOT)) if self.folder.exists(SNAPSHOT) else {}
+            registered = {checkpoint_step(r.get("checkpoint_dir_name", "")) for r in
+                          snapshot.get("checkpoint_results", [])}
+        except Exception as exc:  # a record being rewritten: the next start prunes
+            log.warning("could not read %s (%s): no checkpoint folders pruned", SNAPSHOT, first_line(exc))
+            return
+        for step in sorted(steps, reverse=True)[self.keep:]:
+            if step not in registered and step != chosen:
+                log.info("removing %s: a checkpoint Ray never registered, older than the newest %d", checkpoint_dir(step),
+                         self.keep)
+                self.folder.remove_tree(checkpoint_dir(step))
 
     def _read_start_from(self) -> dict[str, Any]:
         location = f"{self.start_from.rstrip('/')}/{CHECKPOINT_FILE}"
@@ -120,20 +139,8 @@ class RayCheckpoints:
             with tempfile.TemporaryDirectory() as folder:
                 write_atomic(Path(folder) / CHECKPOINT_FILE, payload)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step),
-                                 checkpoint_upload_fn=self._upload)
+                ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(step))
         self.last_saved = step
-
-    def _upload(self, checkpoint, name: str):
-        """Ray Train's own copy to storage, riding out an outage (Ray tries 3 times, back to back)."""
-        import ray.train
-
-        storage = ray.train.get_context().get_storage()
-        try:
-            return with_retries(lambda: storage.persist_current_checkpoint(checkpoint, name),
-                                f"uploading {name} to {self.folder.location}", self.folder.timeout_s)
-        except StorageUnreachable as exc:  # Ray retries an upload whose error names an AWS network error: not this one
-            raise StorageUnreachable(str(exc).replace("AWS Error", "AWS error")) from None
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
         """best/checkpoint.pt in the run folder, beside Ray Train's own (it keeps the newest log.keep_checkpoints)."""
@@ -178,7 +185,9 @@ class RayLauncher:
         self.folder = RunFolder(run_dir, timeout)
         self.run_dir = self.folder.local
         train_folder = self.folder if train_run_dir == run_dir else RunFolder(train_run_dir, timeout)
-        self.checkpoints = RayCheckpoints(self.dist, train_folder, start_from)
+        self.checkpoints = RayCheckpoints(self.dist, train_folder, start_from, cfg.log.keep_checkpoints)
+        # generator exports of earlier attempts are in the bucket, not in this process's staging folder
+        self.folder.keep_newest("generators/generator-[0-9]*.pt", cfg.log.keep_checkpoints)
 
     def should_stop(self) -> bool:
         """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
