@@ -115,3 +115,42 @@ def test_the_image_installs_the_real_package_not_the_dependency_layers_stub(tmp_
     built = max((tmp_path / "wheels").glob("distgan-*.whl"), key=lambda p: p.stat().st_mtime)
     with zipfile.ZipFile(built) as z:
         assert z.read("distgan/__init__.py") == (ROOT / "distgan" / "__init__.py").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "aws-gpu-spot.yaml"])
+def test_launcher_clusters_need_a_token_and_expose_nothing(name):
+    """docs/cluster.md, section 8: every node starts Ray with token authentication and the token file copied from
+    the user's home (never the repository); the dashboard on the head's 127.0.0.1; a security group of the user's;
+    a head role apart from the workers' (the autoscaler's EC2 rights stay on the head)."""
+    text = (ROOT / "cluster" / name).read_text()
+    config = yaml.safe_load(text)
+    assert "0.0.0.0" not in text.replace("0.0.0.0/0", "")  # (the comment on Ray's own group names 0.0.0.0/0)
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token" in start.split("ray start")[0], start
+    assert "--dashboard-host=127.0.0.1" in next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]["node_config"]
+    workers = [n["node_config"] for key, n in nodes.items() if key != config["head_node_type"]]
+    assert all(n["SecurityGroupIds"] == ["SG_ID"] for n in [head, *workers])
+    assert all(head["IamInstanceProfile"]["Arn"] != w["IamInstanceProfile"]["Arn"] for w in workers)
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "rayjob-elastic.yaml"])
+def test_kuberay_clusters_need_a_token_and_admit_only_their_own_pods(name):
+    job = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    assert "0.0.0.0" not in (ROOT / "cluster" / name).read_text()
+    policy = yaml.safe_load((ROOT / "cluster" / "networkpolicy.yaml").read_text())
+    assert (policy["apiVersion"], policy["kind"], policy["spec"]["policyTypes"]) == (
+        "networking.k8s.io/v1", "NetworkPolicy", ["Ingress"])
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"]),
+                 job["spec"]["submitterPodTemplate"]]
+    for template in templates:  # every pod of the job is selected, and admitted by the first rule
+        assert selected.items() <= template["metadata"]["labels"].items(), template["metadata"]
+    rules = policy["spec"]["ingress"]
+    assert rules[0] == {"from": [{"podSelector": {"matchLabels": selected}}]}
+    assert all("ports" in rule for rule in rules[1:]), "only the cluster's own pods reach every port"
