@@ -3,8 +3,8 @@
 Sample quality of a generator: a run folder (its newest generator export; local or Ray mode, a path or s3:// /
 gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's eval.source,
 else its data.source, with its eval.num_real (--data and --num-real replace them); its statistics are computed
-once and cached next to the shards (docs/evaluation.md). Prints a table, and writes the numbers as JSON with
---json. Runs in this process, on the GPU when there is one.
+once and cached next to the shards (docs/evaluation.md). What would run code (a pipe: source, eval.weights) is
+taken from the flags only, never from the file. Prints a table, and writes the numbers as JSON with --json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from distgan.cli import run_main, torch_device
-from distgan.config import DataConfig, expand_home, from_dict, load_config, to_dict, validate
+from distgan.config import expand_home, from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
 from distgan.engine.run_folder import ensure_writable_file
@@ -62,10 +62,7 @@ def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> d
                         f"evaluating would run; distgan never picks a file to execute from a file: --weights "
                         f"{ev['weights']} uses it if you trust it, --weights standard the standard Inception")
     ev.pop("weights", None)
-    stored_cache = data.pop("cache_dir", None)
-    if stored_cache and not args.cache_dir and stored_cache != DataConfig.cache_dir:
-        log.info("not using the run's data.cache_dir=%s (a folder named by the file): --cache-dir uses it",
-                 stored_cache)
+    data.pop("cache_dir", None)  # --cache-dir, or the default
     config.pop("interpolations", None)
     return config
 
@@ -115,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"Inception; a run's own is never taken from its file)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--kid-subset-size", type=int)
-    p.add_argument("--cache-dir", help="where the demo data and uncachable statistics go (data.cache_dir)")
+    p.add_argument("--cache-dir", help="where the demo data and uncachable statistics go (data.cache_dir; a run's "
+                                       "own is never taken from its file)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_module
 from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, shard_name, write_manifest, write_shard
-from distgan.errors import DataSourceError
+from distgan.errors import DataSourceError, UnusableData
 from distgan.data.sources import resolve_source
 from distgan.data.stream import RealBatches, ShardStream
 from distgan.data.validation import ValidationStream
@@ -181,12 +181,13 @@ def test_nothing_readable_ends_in_a_one_line_error_not_a_hang(tmp_path, workers)
         write_shard(str(tmp_path), i, [{"__key__": f"x{j}", "txt": b"no image"} for j in range(3)])
     urls = [str(tmp_path / shard_name(i)) for i in range(3)]
     real = RealBatches(ShardStream(urls, 4, SIZE, num_workers=workers), workers, torch.device("cpu"))
-    message = ""
+    message, kind = "", None
     try:
         real()
     except DataSourceError as exc:  # not pytest.raises: its traceback would keep the loader's workers alive
-        message = str(exc)
+        message, kind = str(exc), type(exc)
     assert message.startswith("rank 0 loader worker 0: no readable image") and "\n" not in message
+    assert kind is UnusableData, "Ray retries other data errors: with ray.max_failures=-1, forever"
 
 
 @pytest.mark.parametrize("make,message", [

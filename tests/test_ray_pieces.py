@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import ray.train
 
-from distgan.errors import ConfigError, DataSourceError, Diverged, StorageError, UnreadableFile, UserError
+from distgan.errors import (ConfigError, DataSourceError, Diverged, StorageError, StorageUnreachable, UnreadableFile,
+                            UnsafeFile, UnusableData, UserError)
 from distgan.launch.ray_train import repeats_on_retry
 
 
@@ -18,6 +19,9 @@ from distgan.launch.ray_train import repeats_on_retry
     (StorageError("run.root: cannot write to s3://bucket/run"), False),  # a bucket's hiccup passes
     (UnreadableFile("checkpoint.pt is cut short"), False),
     (DataSourceError("cannot read s3://bucket/shards/shard-000003.tar"), False),  # a node without the mount
+    (UnusableData("rank 0 loader worker 0: no readable image in 3 passes"), True),  # the same shards again
+    (StorageUnreachable("storage did not answer for 300 s"), True),  # the worker waited already
+    (UnsafeFile("checkpoint.pt holds posix.system"), True),
     (RuntimeError("NCCL error: unhandled system error"), False),  # a lost peer: what retries are for
     (SimpleNamespace(cause=Diverged("nan")), True),  # Ray wraps a worker's exception: the cause counts
     (SimpleNamespace(cause=OSError("connection reset")), False),

@@ -38,7 +38,8 @@ def load_trusted(source: Union[str, Path, bytes, BinaryIO], name: str) -> Any:
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = REFUSED_GLOBAL.search(str(exc))
-        if refused is None:
-            raise  # a damaged file (an opcode the restricted unpickler does not know), not a refused type
+        if refused is None:  # a damaged file or not a pickle (an opcode the restricted unpickler does not know)
+            detail = str(exc).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0].strip()
+            raise pickle.UnpicklingError(f"not a file torch.save wrote ({detail.lower()})") from None
         raise UnsafeFile(f"{name} holds {refused.group(1)}, which distgan refuses to load: unpickling it could run "
                          f"code (distgan's own files hold only tensors, numbers, strings and numpy arrays)") from None
