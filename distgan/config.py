@@ -49,6 +49,9 @@ class TrainConfig:
     steps: int = 100_000  # generator updates
     n_critic: int = 3  # critic updates per generator update
     gp_weight: float = 10.0  # lambda
+    # the lazy penalty (StyleGAN2's lazy regularization): the penalty on every gp_every-th critic update only, with
+    # weight gp_every x lambda; 1 = every update, the paper (docs/design.md, section 1)
+    gp_every: int = 1
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -85,6 +88,9 @@ class SpeedConfig:
     # the critic's first convolution as one matrix product: the penalty's double backward without cuDNN's batch-3
     # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100) unless compile, off elsewhere (0.92x on a CPU)
     gemm_first_conv: str = "auto"  # auto | true | false
+    # LeakyReLU + dropout as one Triton kernel per pass, the penalty's double backward included (engine/fused_act.py);
+    # auto = on CUDA unless compile; true elsewhere needs TRITON_INTERPRET=1 (slow: for tests)
+    fused_activations: str = "auto"  # auto | true | false
     # glibc: keep freed host memory for the next step instead of unmapping it (no page faults per step)
     keep_host_memory: bool = True
 
@@ -306,6 +312,7 @@ def validate(cfg: Config) -> None:
          f"the global batch {t.batch_size} is smaller than ray.num_workers={world_size(cfg)}: a worker would get none")
     need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
     need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
+    need(t.gp_every >= 1, "train.gp_every", f"must be >= 1 (1: the penalty on every critic update), got {t.gp_every}")
     # the optimizers and the loss hold these in float32: a larger number is no number there
     need(0 <= t.gp_weight < FLOAT32_MAX, "train.gp_weight", f"must be >= 0 and finite in float32, got {t.gp_weight}")
     for key in ("lr_g", "lr_d"):
@@ -323,8 +330,9 @@ def validate(cfg: Config) -> None:
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
     need(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
          f"must be auto, fp32 or bf16, got {cfg.speed.precision!r}")
-    need(str(cfg.speed.gemm_first_conv).lower() in ("auto", "true", "false"), "speed.gemm_first_conv",
-         f"must be auto, true or false, got {cfg.speed.gemm_first_conv!r}")
+    for key in ("gemm_first_conv", "fused_activations"):
+        value = getattr(cfg.speed, key)
+        need(str(value).lower() in ("auto", "true", "false"), f"speed.{key}", f"must be auto, true or false, got {value!r}")
     need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")
     known = ("fid", "kid", "swd")
     need(bool(ev.metrics) and all(k in known for k in ev.metrics), "eval.metrics",

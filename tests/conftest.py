@@ -7,6 +7,10 @@ import pytest
 # Both pytest processes, the programs they start and the test cluster's Ray workers share the machine's cores:
 # with one OpenMP thread each they take turns instead of spinning against each other (set it to override)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton kernels (engine/fused_act.py) run in Triton's interpreter where there is no NVIDIA GPU: their math is tested
+# on the CPU. Set before any kernel is defined (they are defined on first use).
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 

@@ -157,3 +157,53 @@ def test_trainer_alphas_are_uniform_one_per_sample(tiny_config):
     ks = torch.max(torch.maximum(grid - s, s - (grid - 1.0 / n))).item()
     assert ks < 1.95 / n ** 0.5, f"KS statistic {ks}"
     assert len(set(alphas.tolist())) > 0.99 * n, "a fresh alpha for every sample and update"
+
+
+def test_the_lazy_penalty_runs_every_kth_critic_update_with_k_times_lambda(tiny_config, monkeypatch):
+    """train.gp_every=k: the penalty's double backward on critic updates 0, k, 2k, ... only, weighted k x lambda
+    (checked against the critic's gradient computed by hand), and logged as k x the penalty on those updates, 0 on
+    the others (the same mean as the penalty of every update)."""
+    import copy
+
+    import distgan.engine.step as step_module
+    from distgan.losses import critic_loss, gradient_penalty
+
+    k, n_critic = 2, 3
+    cfg = tiny_config(f"train.gp_every={k}", f"train.n_critic={n_critic}", "train.gp_weight=10")
+    state = TrainState.create(cfg, torch.device("cpu"), Dist())
+    penalized, grads, expected = [], [], []
+    real_gp = step_module.gradient_penalty
+
+    def counted(*args, **kwargs):
+        penalized.append(state.critic_steps)
+        return real_gp(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "gradient_penalty", counted)
+    batches = [torch.rand(16, 3, 16, 16) * 2 - 1 for _ in range(2 * n_critic)]
+    real_step = state.opt_d.step
+
+    def recorded_step(*a, **kw):  # the gradient the update applies, and what it should be, before it moves D
+        grads.append([p.grad.clone() for p in state.D.parameters()])
+        return real_step(*a, **kw)
+
+    state.opt_d.step = recorded_step
+    original = step_module.critic_backward
+
+    def by_hand(state_, real, z, alpha, gp_weight, weight, penalize=True):
+        D = copy.deepcopy(state_.D)
+        with torch.no_grad():
+            fake = state_.G(z)
+        scores = D(torch.cat([real, fake]))
+        loss = critic_loss(*scores.split(real.shape[0]))
+        if penalize:
+            loss = loss + cfg.train.gp_weight * k * gradient_penalty(D, real, fake, alpha=alpha)
+        expected.append(torch.autograd.grad(loss, list(D.parameters())))
+        return original(state_, real, z, alpha, gp_weight, weight, penalize)
+
+    monkeypatch.setattr(step_module, "critic_backward", by_hand)
+    logged = [train_step(state, batches.pop, cfg.train, Dist())["loss/gradient_penalty"] for _ in range(2)]
+    assert penalized == [0, 2, 4], "the penalty runs on critic updates 0, k, 2k, ..."
+    for applied, wanted in zip(grads, expected):
+        for a, w in zip(applied, wanted):
+            torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
+    assert all(float(v) > 0 for v in logged)

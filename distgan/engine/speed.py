@@ -25,11 +25,14 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
 
+from distgan.engine.fused_act import use_fused_activations
 from distgan.engine.gemm_conv import use_gemm_first_conv
+from distgan.errors import ConfigError
 from distgan.engine.host_memory import keep_freed_host_memory
 
 
@@ -61,6 +64,10 @@ class Speed:
         # auto: on CUDA, where it was measured faster; not under compile, with which it was never measured (its
         # output is channels_last, the layout that crashed inductor's convolution backward)
         self.gemm_first_conv = bool(cfg and resolve_switch(cfg.gemm_first_conv, cuda and not cfg.compile))
+        self.fused_activations = bool(cfg and resolve_switch(cfg.fused_activations, cuda and not cfg.compile))
+        if self.fused_activations and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("speed.fused_activations=true: its Triton kernels need CUDA here (or TRITON_INTERPRET=1, "
+                              "the slow interpreter the tests use)")
         self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -76,6 +83,8 @@ class Speed:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def prepare(self, module: nn.Module) -> nn.Module:
+        if self.fused_activations:
+            use_fused_activations(module)
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     def prepare_critic(self, critic: nn.Module) -> nn.Module:

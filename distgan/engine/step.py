@@ -21,11 +21,10 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
 
 
 def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, gp_weight: float,
-                    weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One critic update up to its gradients: fakes from latents z, the penalty at alphas alpha, the critic's
-    gradients of weight x its loss (this rank's share of the global mean; the all-reduce then sums the shares).
-    Returns (critic loss, gradient penalty, Wasserstein estimate), undetached. No host sync, no data-dependent
-    Python: benchmarks/cuda_graph_probe.py captures it in a CUDA graph."""
+                    weight: float, penalize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One critic update up to its gradients: fakes from latents z, the penalty at alphas alpha (if penalize), the
+    critic's gradients of weight x its loss (this rank's share of the global mean; the all-reduce sums the shares).
+    Returns (critic loss, gradient penalty or 0, Wasserstein estimate), undetached. No host sync."""
     G, D, speed = state.G, state.D, state.speed
     # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
     G_fwd = state.G_compiled if state.G_compiled is not None else G
@@ -37,7 +36,7 @@ def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alph
             real_scores, fake_scores = full(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
         else:
             real_scores, fake_scores = full(D_fwd(real)), full(D_fwd(fake))
-        gp = gradient_penalty(D, real, fake, alpha=alpha)  # norm in fp32
+        gp = gradient_penalty(D, real, fake, alpha=alpha) if penalize else real_scores.new_zeros(())  # fp32 norm
     loss_d = critic_loss(real_scores, fake_scores) + gp_weight * gp
     state.opt_d.zero_grad(set_to_none=True)
     # ONE backward through loss and penalty (the penalty's input gradient was create_graph)
@@ -68,8 +67,10 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
                 real = speed.layout(next_real())
         with timer("critic"):
             z = state.noise.latents(global_batch, z_dim)
-            alpha = state.noise.alphas(global_batch)
-            loss_d, gp, wasserstein = critic_backward(state, real, z, alpha, t.gp_weight, weight)
+            alpha = state.noise.alphas(global_batch)  # drawn also when unused: the same stream for every gp_every
+            penalize = state.critic_steps % t.gp_every == 0
+            loss_d, gp, wasserstein = critic_backward(state, real, z, alpha, t.gp_weight * t.gp_every, weight,
+                                                      penalize)
         with timer("allreduce"):
             dist.sum_grads(D)
         with timer("critic"):
@@ -77,7 +78,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
             state.opt_d.step()
             state.critic_steps += 1
             add("loss/critic", loss_d)
-            add("loss/gradient_penalty", gp)
+            add("loss/gradient_penalty", gp * t.gp_every)  # lazy: k x the penalty, 1 update in k; the same mean
             add("wasserstein", wasserstein)
 
     # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
