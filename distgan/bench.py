@@ -47,6 +47,7 @@ from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.launch.ray_output import quiet_worker_logging
 from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
+from distgan.engine.graph_step import WARMUP_STEPS, StaticStep, cuda_graph_refusal
 from distgan.engine.health import NonFiniteWatch
 from distgan.engine.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
@@ -103,11 +104,13 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     real = RealBatches(stream, workers, device)
     flops = count_step_flops(state, lambda: train_step(state, real, t, dist))
     watch, sums = NonFiniteWatch(device), {}
+    run_step = StaticStep(state, t, dist, capture=state.speed.cuda_graph and not cuda_graph_refusal(cfg, device))
 
     def step() -> None:  # the loop's work at every step
-        tally(state.step, train_step(state, real, t, dist), watch, sums)
+        tally(state.step, run_step(real), watch, sums)
 
-    for _ in range(warmup):
+    # the graph's warm-up and one capture per phase of the lazy penalty happen before the timing
+    for _ in range(warmup + (WARMUP_STEPS + t.gp_every if run_step.capture else 0)):
         step()
     sync(device)
     if device.type == "cuda":
@@ -302,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: local, plain, ray1, rayN, local_beside_ray, eval")
     p.add_argument("--repeats", type=int, default=2,
                    help="rounds over the modes (in turn, so that load changes hit all alike); the best round counts")
+    p.add_argument("--batch-sweep", metavar="B1,B2,...", help="per-worker batches to time in local mode, with and "
+                                                                 "without the CUDA graph (instead of --modes)")
     p.add_argument("--json", type=Path)
     args = p.parse_intermixed_args(argv)  # options and key=value in any order
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
@@ -328,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "config_summary": f"{m.image_size} px, width {m.width}, batch {t.batch_size}, n_critic {t.n_critic}, "
                           f"{'bf16' if speed.bf16 else 'fp32'}, channels_last {speed.channels_last}, "
-                          f"gemm_first_conv {speed.gemm_first_conv}, compile {speed.compile}",
+                          f"gemm_first_conv {speed.gemm_first_conv}, compile {speed.compile}, "
+                          f"cuda_graph {speed.cuda_graph}, fused_activations {speed.fused_activations}, "
+                          f"gp_every {t.gp_every}",
         "config": to_dict(cfg), "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "modes": modes}
     timed = {
@@ -338,6 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         "rayN": lambda: measure_ray(cfg, cfg.ray.num_workers, args.steps, args.warmup),
         "local_beside_ray": lambda: measure_local_beside_ray(cfg, device, args.steps, args.warmup),
     }
+    if args.batch_sweep:
+        from distgan.bench_sweep import batch_sweep, sweep_report
+
+        try:
+            batches = [int(b) for b in args.batch_sweep.split(",") if b.strip()]
+        except ValueError:
+            raise UserError(f"--batch-sweep: comma-separated batch sizes, got {args.batch_sweep!r}") from None
+        if not batches or min(batches) < 1:
+            raise UserError(f"--batch-sweep: batch sizes >= 1, got {args.batch_sweep!r}")
+        results["batch_sweep"] = batch_sweep(cfg, device, batches, args.steps, args.warmup, measure_local)
+        print(sweep_report(results["batch_sweep"]))
+        modes = []
     for round_ in range(args.repeats):
         for mode in [m for m in modes if m in timed]:
             print(f"timing {mode} (round {round_ + 1} of {args.repeats}) ...", flush=True)

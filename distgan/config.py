@@ -88,6 +88,9 @@ class SpeedConfig:
     # the critic's first convolution as one matrix product: the penalty's double backward without cuDNN's batch-3
     # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100) unless compile, off elsewhere (0.92x on a CPU)
     gemm_first_conv: str = "auto"  # auto | true | false
+    # the whole generator step as one CUDA graph, replayed every step (engine/graph_step.py); auto = on CUDA unless
+    # compile; elsewhere the same static-buffer path runs eagerly
+    cuda_graph: str = "auto"  # auto | true | false
     # LeakyReLU + dropout as one Triton kernel per pass, the penalty's double backward included (engine/fused_act.py);
     # auto = on CUDA unless compile; true elsewhere needs TRITON_INTERPRET=1 (slow: for tests)
     fused_activations: str = "auto"  # auto | true | false
@@ -330,7 +333,7 @@ def validate(cfg: Config) -> None:
         need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
     need(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
          f"must be auto, fp32 or bf16, got {cfg.speed.precision!r}")
-    for key in ("gemm_first_conv", "fused_activations"):
+    for key in ("gemm_first_conv", "fused_activations", "cuda_graph"):
         value = getattr(cfg.speed, key)
         need(str(value).lower() in ("auto", "true", "false"), f"speed.{key}", f"must be auto, true or false, got {value!r}")
     need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")

@@ -28,7 +28,7 @@ from distgan.engine.health import NonFiniteWatch
 from distgan.engine.launcher import Launcher
 from distgan.engine.logger import RunLogger, grid, say
 from distgan.engine.state import TrainState
-from distgan.engine.step import train_step
+from distgan.engine.graph_step import StaticStep, cuda_graph_refusal
 from distgan.errors import Diverged
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,10 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             logger.scalars(0, results)
             say(eval_line(0, results))
 
+    refusal = cuda_graph_refusal(cfg, device) if state.speed.cuda_graph else None
+    if refusal and dist.is_main:
+        log.warning("speed.cuda_graph: %s; the step runs eagerly", refusal)
+    run_step = StaticStep(state, t, dist, capture=state.speed.cuda_graph and refusal is None)
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     flops_per_step: Optional[int] = None  # this rank's model FLOPs per generator step (engine/flops.py)
     peak = peak_flops(device, state.speed.bf16, cfg.speed.tf32)
@@ -163,6 +167,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             raise Diverged(f"training diverged: {problem}, and there is no checkpoint to roll back to")
         rollbacks = state.rollbacks + 1
         restore(state, good, dist, with_rank_state=False)  # the data streams go on: other batches this time
+        run_step.invalidate()  # the optimizers' state tensors were replaced: a graph would hold the old ones
         state.apply_hyperparameters(t)
         state.rollbacks = rollbacks
         state.noise.reseed(t.seed, state.step, rollbacks)  # and other latents and alphas
@@ -203,10 +208,10 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     while state.step < t.steps:
         if flops_per_step is None:  # the first step of this process, under a FLOP counter
             box = {}
-            flops_per_step = count_step_flops(state, lambda: box.update(m=train_step(state, real, t, dist)))
+            flops_per_step = count_step_flops(state, lambda: box.update(m=run_step(real)))
             metrics = box["m"]
         else:
-            metrics = train_step(state, real, t, dist)
+            metrics = run_step(real)
         tally(state.step, metrics, watch, sums)
         state.images_seen += images_per_step
         steps_since += 1

@@ -1,33 +1,38 @@
 """Latents and penalty alphas drawn for the GLOBAL batch from one seeded stream; each rank keeps its slice.
 
 Every rank draws the same global tensor and takes its rows (distributed.split: uneven shares are fine): ranks
-get different noise, and the
-noise a sample gets does not depend on how many ranks there are. That is what lets the equivalence test compare
-2 ranks with 1 process on the same latents and alphas, and it costs one (B, z_dim) draw per step.
+get different noise, and the noise a sample gets does not depend on how many ranks there are. That is what lets the
+equivalence test compare 2 ranks with 1 process on the same latents and alphas, and it costs one (B, z_dim) draw
+per step. The generator lives on the training device: a CUDA graph of the step draws anew at every replay.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from distgan.engine.distributed import split
 
 
+log = logging.getLogger(__name__)
+
+
 class SlicedNoise:
     def __init__(self, seed: int, rank: int, world_size: int, device: torch.device):
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.rng = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size, self.device, self.seed = rank, world_size, device, seed
+        self.rng = torch.Generator(device).manual_seed(seed)
 
     def _slice(self, full: torch.Tensor) -> torch.Tensor:
         start, count = split(full.shape[0], self.rank, self.world_size)
-        return full[start : start + count].to(self.device, non_blocking=True)
+        return full[start : start + count]
 
     def latents(self, global_batch: int, z_dim: int) -> torch.Tensor:
-        return self._slice(torch.randn(global_batch, z_dim, generator=self.rng))
+        return self._slice(torch.randn(global_batch, z_dim, generator=self.rng, device=self.device))
 
     def alphas(self, global_batch: int) -> torch.Tensor:
         """One U(0, 1) per sample, shaped (n, 1, 1, 1) to broadcast over C, H, W."""
-        return self._slice(torch.rand(global_batch, generator=self.rng)).view(-1, 1, 1, 1)
+        return self._slice(torch.rand(global_batch, generator=self.rng, device=self.device)).view(-1, 1, 1, 1)
 
     def reseed(self, seed: int, step: int, salt: int) -> None:
         """A new stream after a rollback to step (the same on every rank), so the failed stretch is not replayed."""
@@ -37,4 +42,9 @@ class SlicedNoise:
         return {"rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.set_state(state["rng"])
+        try:
+            self.rng.set_state(state["rng"])
+        except RuntimeError:  # a state of another device's generator (a checkpoint from before noise moved there)
+            log.warning("the checkpoint's latent stream was drawn on another device: re-seeded (the run goes on; "
+                        "this resume is not bitwise)")
+            self.rng.manual_seed((self.seed * 1_000_003 + 17) & 0x7FFF_FFFF_FFFF_FFFF)

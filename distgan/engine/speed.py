@@ -68,6 +68,8 @@ class Speed:
         if self.fused_activations and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ConfigError("speed.fused_activations=true: its Triton kernels need CUDA here (or TRITON_INTERPRET=1, "
                               "the slow interpreter the tests use)")
+        # the step as a CUDA graph (engine/graph_step.py): Adam must keep its step count on the device (capturable)
+        self.cuda_graph = bool(cfg and cuda and resolve_switch(cfg.cuda_graph, not cfg.compile))
         self.keep_host_memory = bool(cfg and cfg.keep_host_memory and keep_freed_host_memory())
         if cuda and cfg is not None:
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -91,8 +93,8 @@ class Speed:
         return use_gemm_first_conv(self.prepare(critic)) if self.gemm_first_conv else self.prepare(critic)
 
     def adam(self, params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True) if self.fused_adam else \
-            torch.optim.Adam(params, lr=lr, betas=betas)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=self.fused_adam or None,
+                                capturable=self.cuda_graph)
 
 
 def full(x: torch.Tensor) -> torch.Tensor:
