@@ -5,20 +5,23 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-dev demo test bench clean
+.PHONY: setup setup-dev demo test bench clean constraints
 
 setup: $(VENV)/.installed          # what distgan needs to run
 setup-dev: $(VENV)/.installed-dev  # and what its tests need
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+constraints:  # the tested versions, from the dev environment (commit the result)
+	{ sed -n 1,3p constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.tmp && mv constraints.tmp constraints.txt
 
 demo: setup
 	$(BIN)/python -m distgan.train --config configs/demo.yaml $(ARGS)

@@ -108,7 +108,7 @@ def test_the_image_installs_the_real_package_not_the_dependency_layers_stub(tmp_
                 else:
                     shutil.copy2(ROOT / source, tmp_path / source)
         elif kind == "RUN":
-            command = (args.replace("pip install '.[cloud]'", wheel).replace("pip install --no-deps .", wheel)
+            command = (args.replace("pip install -c constraints.txt '.[cloud]'", wheel).replace("pip install --no-deps .", wheel)
                        .replace("pip uninstall -y distgan", "true").replace("chown -R ray:ray /home/ray", "true"))
             done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
