@@ -35,7 +35,8 @@ def test_bench_smoke(tmp_path, demo_cache):
     assert host["children_cpu_ms_per_step"] >= 0  # the loader's processes, apart from the others
     assert plain["host"]["minor_faults_per_step"] >= 0 and plain["images_per_s"] == plain["steps_per_s"] * 16 * 3
     assert (data["warmup"], data["repeats"], data["modes"]) == (1, 1, ["local", "plain", "eval"])
-    assert data["config_summary"].endswith("fp32, channels_last False, gemm_first_conv False, compile False")
+    assert data["config_summary"].endswith("fp32, channels_last False, gemm_first_conv False, compile False, "
+                                           "cuda_graph False, fused_activations False, gp_every 1")
     assert "local / plain:" in result.stdout and "loader alone" in result.stdout and "page faults/step" in result.stdout
 
 

@@ -30,15 +30,17 @@ def assert_same_state(a, b):
 
 @pytest.fixture
 def step_counter(monkeypatch):
-    """Counts the generator steps the loop executes (the real train_step, wrapped)."""
+    """Counts the generator steps the loop executes (the real train_step, wrapped where the loop's step calls it)."""
+    import distgan.engine.graph_step
+
     calls = []
-    real_step = distgan.engine.loop.train_step
+    real_step = distgan.engine.graph_step.train_step
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(distgan.engine.loop, "train_step", counted)
+    monkeypatch.setattr(distgan.engine.graph_step, "train_step", counted)
     return calls
 
 

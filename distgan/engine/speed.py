@@ -18,6 +18,10 @@ stated tolerance, the fused critic forward against separate forwards to 1e-6):
 - gemm_first_conv: the critic's first convolution as one matrix product over its input windows
   (engine/gemm_conv.py), the same math; it replaces the convolution of batch 3 (the input channels) that the
   penalty's double backward runs. auto = on CUDA without compile, where it is faster; on a CPU it was slower.
+- cuda_graph: the whole step captured once as a CUDA graph and replayed (engine/graph_step.py); Adam keeps its
+  step count on the device. auto = on CUDA unless compile.
+- fused_activations: LeakyReLU + dropout as one Triton kernel per pass (engine/fused_act.py). auto = on CUDA
+  unless compile.
 - keep_host_memory: glibc's malloc keeps the step's freed buffers for the next step instead of returning them to
   the kernel and page-faulting them in again (engine/host_memory.py); process-wide, and it cannot be undone.
 """
