@@ -102,7 +102,8 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     stream = ShardStream(resolve_shards(cfg), local, cfg.model.image_size, cfg.model.channels, dist.rank,
                          dist.world_size, workers, t.seed, cfg.data.shuffle_buffer)
     real = RealBatches(stream, workers, device)
-    flops = count_step_flops(state, lambda: train_step(state, real, t, dist))
+    # over gp_every steps: with the lazy penalty only one critic update in gp_every has the double backward
+    flops = count_step_flops(state, lambda: [train_step(state, real, t, dist) for _ in range(t.gp_every)]) / t.gp_every
     watch, sums = NonFiniteWatch(device), {}
     run_step = StaticStep(state, t, dist, capture=state.speed.cuda_graph and not cuda_graph_refusal(cfg, device))
 

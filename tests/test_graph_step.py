@@ -37,3 +37,27 @@ def test_a_config_the_graph_cannot_serve_says_why(tiny_config):
     assert cuda_graph_refusal(tiny_config(), torch.device("cpu")) == "CUDA graphs need CUDA"
     assert "speed.compile" in cuda_graph_refusal(tiny_config("speed.compile=true"), torch.device("cuda"))
     assert cuda_graph_refusal(tiny_config(), torch.device("cuda")) is None
+
+
+def test_a_batch_that_changes_shape_turns_the_graph_off_once(tiny_config, caplog, monkeypatch):
+    """Before its capture (the eager warm-up), a real batch of another shape: the step says so and stays eager.
+    (train_step is a stub here: a batch of another size would not fit the global batch's latents.)"""
+    import distgan.engine.graph_step as graph_step
+
+    cfg = tiny_config("train.n_critic=1")
+    state = TrainState.create(cfg, torch.device("cpu"), Dist())
+    seen = []
+
+    def stub(state_, next_real, t, dist):
+        seen.append(next_real().shape[0])
+        state_.step += 1
+        return {}
+
+    monkeypatch.setattr(graph_step, "train_step", stub)
+    step = StaticStep(state, cfg.train, Dist(), capture=True)
+    step(lambda: torch.rand(16, 3, 16, 16))
+    step(lambda: torch.rand(8, 3, 16, 16))
+    assert not step.capture and "changed shape" in caplog.text
+    for _ in range(4):  # would capture (and fail: no CUDA here) if the graph were still on
+        step(lambda: torch.rand(8, 3, 16, 16))
+    assert seen == [16, 8, 8, 8, 8, 8] and caplog.text.count("changed shape") == 1
