@@ -210,3 +210,21 @@ def test_a_run_the_local_cluster_cannot_place_is_refused(tiny_config, tmp_path, 
     with pytest.raises(UserError, match=f"^{re.escape(message)}"):
         ray_train.run_ray(cfg)
     assert not (tmp_path / "runs" / "t").exists(), "a refused run leaves no folder"
+
+
+def test_the_distgan_command_runs_each_module_and_refuses_an_unknown_one(tmp_path):
+    """`distgan COMMAND` (the console script) is `python -m distgan.COMMAND`: the same one-line errors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    distgan = str(Path(sys.executable).parent / "distgan")
+    version = subprocess.run([distgan, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("distgan ")
+    unknown = subprocess.run([distgan, "fly"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and error_line(unknown).startswith("error: unknown command 'fly'")
+    missing = subprocess.run([distgan, "prepare", str(tmp_path / "nowhere"), str(tmp_path / "out")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and error_line(missing) == f"error: {tmp_path / 'nowhere'} does not exist"
+    bad = subprocess.run([distgan, "train", "train.steps=0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and error_line(bad).startswith("error: train.steps: must be >= 1")
