@@ -17,6 +17,8 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS)
 from distgan.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tiny model every CPU test trains (16 px, width 8): one place to change it
+TINY_MODEL = ("model.z_dim=16", "model.width=8", "model.image_size=16")
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +33,7 @@ def tiny_config(demo_cache, tmp_path):
 
     def make(*overrides: str):
         base = [
-            "model.z_dim=16", "model.width=8", "model.image_size=16", "model.critic_dropout=0.0",
+            *TINY_MODEL, "model.critic_dropout=0.0",
             "data.source=demo", f"data.cache_dir={demo_cache}", "data.demo_images=512", "data.shuffle_buffer=64",
             "train.batch_size=16", "train.steps=4", "train.n_critic=2", "train.device=cpu", "train.ema_decay=0.9",
             "log.every=1", "log.sample_every=2", "log.checkpoint_every=2", "log.num_samples=16",
@@ -65,6 +67,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("ray"))
+            item.add_marker(pytest.mark.ray)  # pytest -m "not ray": the tests that start no Ray cluster
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 from ray_cluster import ENV
 
 
 def overrides(root: Path | str, cache: str, name: str, *extra: str) -> list[str]:
     return [
         "--config", str(ROOT / "configs" / "demo.yaml"), "run.mode=ray", f"run.root={root}", f"run.name={name}",
-        "model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", f"data.cache_dir={cache}",
+        *TINY_MODEL, "data.demo_images=512", f"data.cache_dir={cache}",
         "data.shuffle_buffer=64", "train.batch_size=16", "train.n_critic=2", "train.device=cpu",
         "log.every=5", "log.sample_every=20", "log.checkpoint_every=10", "log.progress=false",
         "ray.num_workers=2", *extra,

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import ROOT, run_module
+from conftest import ROOT, TINY_MODEL, run_module
 from ray_cluster import ENV
 from distgan.data.stream import loader_workers
 
@@ -14,7 +14,7 @@ from distgan.data.stream import loader_workers
 def test_bench_smoke(tmp_path, demo_cache):
     out = tmp_path / "bench.json"
     result = run_module("distgan.bench", "--steps", "2", "--warmup", "1", "--repeats", "1", "--modes",
-                        "local,plain,eval", "model.width=8", "model.z_dim=16", "model.image_size=16",
+                        "local,plain,eval", *TINY_MODEL,
                         "data.demo_images=512", f"data.cache_dir={demo_cache}", "train.batch_size=16",
                         "eval.metrics=[swd]", "eval.num_samples=64", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,7 +56,7 @@ def test_cuda_graph_probe_runs_its_eager_half_on_a_cpu(tmp_path):
     scarce device time: its eager half, distgan's critic update on static buffers, runs here."""
     out = tmp_path / "probe.json"
     result = subprocess.run([sys.executable, "benchmarks/cuda_graph_probe.py", "--config", "configs/demo.yaml",
-                             "train.device=cpu", "model.width=8", "model.z_dim=16", "model.image_size=16",
+                             "train.device=cpu", *TINY_MODEL,
                              "train.batch_size=8", "model.critic_dropout=0.3", "--updates", "3", "--json", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -75,7 +75,7 @@ def test_profile_step_prints_the_step_time_split(tmp_path):
     """benchmarks/profile_step.py, also run by gpu_session.sh: the top ops, then the per-step line docs/benchmarks.md
     reads (wall time, host time in ops; the GPU's busy time and kernel count on a GPU)."""
     result = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--config", "configs/demo.yaml",
-                             "train.device=cpu", "model.width=8", "model.z_dim=16", "model.image_size=16",
+                             "train.device=cpu", *TINY_MODEL,
                              "train.batch_size=8", "--steps", "2", "--top", "5"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,7 +98,7 @@ def test_bench_ray_modes_on_a_two_node_cluster(ray_cluster, tmp_path, demo_cache
     out = tmp_path / "bench.json"
     result = ray_cluster.run(
         [sys.executable, "-m", "distgan.bench", "--steps", "2", "--warmup", "1", "--repeats", "1", "--modes",
-         "ray1,local_beside_ray", "model.width=8", "model.z_dim=16", "model.image_size=16", "data.demo_images=512",
+         "ray1,local_beside_ray", *TINY_MODEL, "data.demo_images=512",
          f"data.cache_dir={demo_cache}", "train.batch_size=16", "--json", str(out)],
         env={**ENV, "RAY_ADDRESS": ray_cluster.address}, timeout=300, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -75,7 +75,8 @@ def test_bad_values_raise_config_error_naming_the_key(overrides, key):
     (["ray.min_workers=3", "ray.max_failures=-1"], "ray.min_workers"),
     (["ray.num_workers=128", "train.batch_size=64", "ray.min_workers=1", "ray.max_failures=-1"], "train.batch_size"),
     # more workers than the local Ray cluster this machine can start: refused, not an endless wait for resources
-    (["ray.num_workers=64", "model.image_size=16", "data.demo_images=64"], "ray.num_workers"),
+    pytest.param(["ray.num_workers=64", "model.image_size=16", "data.demo_images=64"], "ray.num_workers",
+                 marks=pytest.mark.ray),
 ])
 def test_cli_exits_2_with_one_line(args, key, tmp_path):
     result = run_module("distgan.train", *args, f"run.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",

@@ -16,7 +16,7 @@ import scipy.linalg
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from conftest import run_module
+from conftest import TINY_MODEL, run_module
 from distgan.config import load_config
 from distgan.engine.distributed import Dist
 from distgan.errors import UserError
@@ -135,7 +135,7 @@ def test_fid_and_kid_against_direct_computations_and_degradations(demo_images, t
 
 def eval_config(cache: str, features_path: str, *extra: str):
     return load_config(None, [
-        "model.z_dim=16", "model.width=8", "model.image_size=16", f"data.cache_dir={cache}", "data.demo_images=512",
+        *TINY_MODEL, f"data.cache_dir={cache}", "data.demo_images=512",
         "eval.every=1", "eval.num_samples=150", "eval.metrics=[fid,kid,swd]", "eval.kid_subset_size=50",
         f"eval.weights={features_path}", "eval.batch_size=32", "run.mode=local", *extra])
 

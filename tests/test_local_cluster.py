@@ -7,7 +7,11 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.ray
 
 PROBE = """
 import json, urllib.error, urllib.request

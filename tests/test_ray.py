@@ -175,6 +175,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.ray
 def test_stopping_a_test_cluster_leaves_other_ray_processes_alive():
     """A Ray head of its own (as a user's cluster beside `make test`) survives the suite's cluster stopping: nodes
     are stopped by the PIDs of their `ray start --block` processes, never with the Ray CLI's stop command."""

@@ -7,7 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_module
+from conftest import TINY_MODEL, run_module
 from distgan.launch.local import train_local
 
 SCALARS = {
@@ -22,7 +22,7 @@ def finished_run(tmp_path_factory, demo_cache):
 
     root = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [
-        "model.z_dim=16", "model.width=8", "model.image_size=16", f"data.cache_dir={demo_cache}",
+        *TINY_MODEL, f"data.cache_dir={demo_cache}",
         "data.demo_images=512", "train.batch_size=16", "train.steps=4", "train.n_critic=2", "train.device=cpu",
         "log.every=2", "log.sample_every=2", "log.checkpoint_every=2", "log.num_samples=9", "log.progress=false",
     ])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_module
+from conftest import TINY_MODEL, run_module
 from distgan.io.trusted_load import load_trusted
 
 
@@ -65,7 +65,7 @@ def test_a_malicious_checkpoint_is_refused_at_resume_not_skipped(tiny_config, tr
     marker = tmp_path / "marker"
     evil = malicious_file(trained_run / "checkpoints" / "ckpt-00000004.pt", marker, "distgan-checkpoint")
     args = ["--config", str(ROOT / "configs" / "demo.yaml"), "run.mode=local", f"run.root={tmp_path}", "run.name=run",
-            "model.z_dim=16", "model.width=8", "model.image_size=16", "model.critic_dropout=0.0",
+            *TINY_MODEL, "model.critic_dropout=0.0",
             f"data.cache_dir={tiny_config().data.cache_dir}", "data.demo_images=512", "train.batch_size=16",
             "train.n_critic=2", "train.steps=6", "train.device=cpu", "eval.every=0", "log.progress=false"]
     result = run_module("distgan.train", *args, timeout=300)

@@ -18,10 +18,10 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_module
+from conftest import ROOT, TINY_MODEL, run_module
 from ray_cluster import ENV
 
-TINY = ["model.z_dim=16", "model.width=8", "model.image_size=16", "data.demo_images=512", "data.shuffle_buffer=64",
+TINY = [*TINY_MODEL, "data.demo_images=512", "data.shuffle_buffer=64",
         "train.batch_size=16", "train.device=cpu", "log.every=10", "eval.metrics=[swd]", "eval.num_samples=128",
         "ray.num_workers=1", "search.metric=eval/swd", "search.max_concurrent_trials=2"]
 
@@ -339,6 +339,7 @@ def test_a_rerun_of_a_search_must_bring_its_settings(tmp_path, demo_cache):
         "error: search.name=demo-asha: the search in "), result.stderr[-500:]
 
 
+@pytest.mark.ray
 def test_a_trial_the_local_cluster_cannot_hold_besides_its_driver_is_refused(tmp_path, demo_cache):
     """Workers that fill every core leave none for the trial's own driver (search.driver_cpus): the trial would
     wait for its workers forever."""
