@@ -92,6 +92,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=600, help="training steps of the equal-steps comparison")
     p.add_argument("--speed-steps", type=int, default=40, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--speed-only", action="store_true", help="the steps/s part only")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     if args.steps < 1 or args.speed_steps < 1 or args.rounds < 1 or 1 not in args.ks or min(args.ks) < 1:
@@ -104,7 +105,7 @@ def main() -> int:
     print("steps/s (median of rounds): " + "  ".join(f"k={k} {median[k]:.2f} ({median[k] / median[1]:.2f}x)"
                                                     for k in args.ks), flush=True)
     with tempfile.TemporaryDirectory() as root:
-        for k in args.ks:
+        for k in [] if args.speed_only else args.ks:
             equal_time = int(round(args.steps * median[k] / median[1] / 10)) * 10  # a multiple of 10 steps
             rows = [quality(k, seed, args.steps, max(equal_time, args.steps), Path(root)) for seed in args.seeds]
             out["quality"][k] = rows

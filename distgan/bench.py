@@ -51,7 +51,7 @@ from distgan.engine.graph_step import WARMUP_STEPS, StaticStep, cuda_graph_refus
 from distgan.engine.health import NonFiniteWatch
 from distgan.engine.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
-from distgan.engine.loop import tally
+from distgan.engine.loop import record_step_metrics
 from distgan.engine.run_folder import ensure_writable_file
 from distgan.engine.speed import Speed
 from distgan.engine.state import TrainState
@@ -108,7 +108,7 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     run_step = StaticStep(state, t, dist, capture=state.speed.cuda_graph and not cuda_graph_refusal(cfg, device))
 
     def step() -> None:  # the loop's work at every step
-        tally(state.step, run_step(real), watch, sums)
+        record_step_metrics(state.step, run_step(real), watch, sums)
 
     # the graph's warm-up and one capture per phase of the lazy penalty happen before the timing
     for _ in range(warmup + (WARMUP_STEPS + t.gp_every if run_step.capture else 0)):
@@ -235,11 +235,11 @@ def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) ->
     step = plain_step(m.image_size, m.width, m.z_dim, t.batch_size, t.n_critic, device, dropout=m.critic_dropout,
                       bf16=resolve_precision(cfg.speed.precision, device) == "bf16", channels=m.channels,
                       fresh_real=t.fresh_real_per_critic_step, tf32=cfg.speed.tf32)
-    box = {}
-    rate = steps_per_s(step, steps, warmup, device, on_start=lambda: box.update(counters=HostCounters.now()))
+    started = {}
+    rate = steps_per_s(step, steps, warmup, device, on_start=lambda: started.update(counters=HostCounters.now()))
     images = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     return {"steps_per_s": rate, "images_per_s": rate * images,
-            "host": HostCounters.now().per_step_since(box["counters"], steps)}
+            "host": HostCounters.now().per_step_since(started["counters"], steps)}
 
 
 def measure_eval(cfg: Config, device: torch.device) -> dict[str, Any]:

@@ -294,80 +294,80 @@ def world_size(cfg: Config) -> int:
 def validate(cfg: Config) -> None:
     """Impossible values end here, each with the key that is wrong."""
 
-    def need(ok: bool, key: str, msg: str) -> None:
+    def require(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
 
-    m, d, t, lg, r, ray, ev = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run, cfg.ray, cfg.eval
-    need(m.image_size in SUPPORTED_IMAGE_SIZES, "model.image_size", f"{m.image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
-    need(m.width >= 1, "model.width", f"must be >= 1, got {m.width}")
-    need(m.z_dim >= 1, "model.z_dim", f"must be >= 1, got {m.z_dim}")
-    need(m.channels in (1, 3), "model.channels", f"must be 1 or 3, got {m.channels}")
-    need(0.0 <= m.critic_dropout < 1.0, "model.critic_dropout", f"must be in [0, 1), got {m.critic_dropout}")
-    need(bool(d.source), "data.source", "is empty: give a shard folder, a manifest.json, shard URLs, pipe:COMMAND "
+    model, data, train, log, run, ray, evaluation = cfg.model, cfg.data, cfg.train, cfg.log, cfg.run, cfg.ray, cfg.eval
+    require(model.image_size in SUPPORTED_IMAGE_SIZES, "model.image_size", f"{model.image_size} is not one of {SUPPORTED_IMAGE_SIZES}")
+    require(model.width >= 1, "model.width", f"must be >= 1, got {model.width}")
+    require(model.z_dim >= 1, "model.z_dim", f"must be >= 1, got {model.z_dim}")
+    require(model.channels in (1, 3), "model.channels", f"must be 1 or 3, got {model.channels}")
+    require(0.0 <= model.critic_dropout < 1.0, "model.critic_dropout", f"must be in [0, 1), got {model.critic_dropout}")
+    require(bool(data.source), "data.source", "is empty: give a shard folder, a manifest.json, shard URLs, pipe:COMMAND "
                                         "or demo")
-    need(d.demo_images >= 1, "data.demo_images", f"must be >= 1, got {d.demo_images}")
-    need(d.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
-    need(d.num_workers >= -1, "data.num_workers", f"must be >= 0, or -1 (from the cores), got {d.num_workers}")
-    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
-    need(ray.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {ray.num_workers}")
-    need(t.batch_size >= world_size(cfg), "train.batch_size",
-         f"the global batch {t.batch_size} is smaller than ray.num_workers={world_size(cfg)}: a worker would get none")
-    need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
-    need(t.n_critic >= 1, "train.n_critic", f"must be >= 1, got {t.n_critic}")
-    need(t.gp_every >= 1, "train.gp_every", f"must be >= 1 (1: the penalty on every critic update), got {t.gp_every}")
+    require(data.demo_images >= 1, "data.demo_images", f"must be >= 1, got {data.demo_images}")
+    require(data.shuffle_buffer >= 0, "data.shuffle_buffer", f"must be >= 0, got {data.shuffle_buffer}")
+    require(data.num_workers >= -1, "data.num_workers", f"must be >= 0, or -1 (from the cores), got {data.num_workers}")
+    require(train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {train.batch_size}")
+    require(ray.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {ray.num_workers}")
+    require(train.batch_size >= world_size(cfg), "train.batch_size",
+         f"the global batch {train.batch_size} is smaller than ray.num_workers={world_size(cfg)}: a worker would get none")
+    require(train.steps >= 1, "train.steps", f"must be >= 1, got {train.steps}")
+    require(train.n_critic >= 1, "train.n_critic", f"must be >= 1, got {train.n_critic}")
+    require(train.gp_every >= 1, "train.gp_every", f"must be >= 1 (1: the penalty on every critic update), got {train.gp_every}")
     # the optimizers and the loss hold these in float32: a larger number is no number there
-    need(0 <= t.gp_weight < FLOAT32_MAX, "train.gp_weight", f"must be >= 0 and finite in float32, got {t.gp_weight}")
+    require(0 <= train.gp_weight < FLOAT32_MAX, "train.gp_weight", f"must be >= 0 and finite in float32, got {train.gp_weight}")
     for key in ("lr_g", "lr_d"):
-        lr = getattr(t, key)
-        need(0 < lr < FLOAT32_MAX, f"train.{key}", f"must be > 0 and finite in float32, got {lr}")
+        lr = getattr(train, key)
+        require(0 < lr < FLOAT32_MAX, f"train.{key}", f"must be > 0 and finite in float32, got {lr}")
     for key in ("beta1", "beta2"):
-        beta = getattr(t, key)
-        need(0.0 <= beta < 1.0, f"train.{key}", f"must be in [0, 1), got {beta}")
-    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
-    need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
-    need(t.on_nonfinite in ("stop", "rollback"), "train.on_nonfinite", f"must be stop or rollback, got {t.on_nonfinite!r}")
-    need(t.max_rollbacks >= 0, "train.max_rollbacks", f"must be >= 0, got {t.max_rollbacks}")
+        beta = getattr(train, key)
+        require(0.0 <= beta < 1.0, f"train.{key}", f"must be in [0, 1), got {beta}")
+    require(0.0 <= train.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {train.ema_decay}")
+    require(train.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {train.device!r}")
+    require(train.on_nonfinite in ("stop", "rollback"), "train.on_nonfinite", f"must be stop or rollback, got {train.on_nonfinite!r}")
+    require(train.max_rollbacks >= 0, "train.max_rollbacks", f"must be >= 0, got {train.max_rollbacks}")
     for key in ("every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_samples"):
-        value = getattr(lg, key)
-        need(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
-    need(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
+        value = getattr(log, key)
+        require(value >= 1, f"log.{key}", f"must be >= 1, got {value}")
+    require(cfg.speed.precision in ("auto", "fp32", "bf16"), "speed.precision",
          f"must be auto, fp32 or bf16, got {cfg.speed.precision!r}")
     for key in ("gemm_first_conv", "fused_activations", "cuda_graph"):
         value = getattr(cfg.speed, key)
-        need(str(value).lower() in ("auto", "true", "false"), f"speed.{key}", f"must be auto, true or false, got {value!r}")
-    need(ev.every >= 0, "eval.every", f"must be >= 0 (0: never), got {ev.every}")
+        require(str(value).lower() in ("auto", "true", "false"), f"speed.{key}", f"must be auto, true or false, got {value!r}")
+    require(evaluation.every >= 0, "eval.every", f"must be >= 0 (0: never), got {evaluation.every}")
     known = ("fid", "kid", "swd")
-    need(bool(ev.metrics) and all(k in known for k in ev.metrics), "eval.metrics",
-         f"must be a non-empty list of {known}, got {list(ev.metrics)}")
-    need(ev.num_samples >= 2, "eval.num_samples", f"must be >= 2 (a covariance needs two samples), got {ev.num_samples}")
-    need(ev.num_real >= 0, "eval.num_real", f"must be >= 0 (0: all), got {ev.num_real}")
-    need(ev.num_real == 0 or ev.num_real >= 2, "eval.num_real", f"must be 0 (all) or >= 2, got {ev.num_real}")
-    need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
-    need(ev.kid_subsets >= 1, "eval.kid_subsets", f"must be >= 1, got {ev.kid_subsets}")
-    need("kid" not in ev.metrics or 2 <= ev.kid_subset_size <= ev.num_samples, "eval.kid_subset_size",
-         f"must be in [2, eval.num_samples={ev.num_samples}], got {ev.kid_subset_size}")
-    need(bool(r.name) and "/" not in r.name, "run.name", f"must be a non-empty name without '/', got {r.name!r}")
-    need(r.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {r.mode!r}")
-    need(r.storage_timeout_s >= 0, "run.storage_timeout_s", f"must be >= 0 (0: no retries), got {r.storage_timeout_s}")
-    need(r.mode == "ray" or "://" not in r.root, "run.root",
-         f"{r.root} is a URL: run.mode=local writes to a local path (run.mode=ray takes URLs)")
-    need(r.mode == "local" or t.device == "auto" or (t.device == "cuda") == ray.use_gpu, "train.device",
-         f"train.device={t.device} contradicts ray.use_gpu={str(ray.use_gpu).lower()} (Ray mode: set ray.use_gpu)")
-    need(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
+    require(bool(evaluation.metrics) and all(k in known for k in evaluation.metrics), "eval.metrics",
+         f"must be a non-empty list of {known}, got {list(evaluation.metrics)}")
+    require(evaluation.num_samples >= 2, "eval.num_samples", f"must be >= 2 (a covariance needs two samples), got {evaluation.num_samples}")
+    require(evaluation.num_real >= 0, "eval.num_real", f"must be >= 0 (0: all), got {evaluation.num_real}")
+    require(evaluation.num_real == 0 or evaluation.num_real >= 2, "eval.num_real", f"must be 0 (all) or >= 2, got {evaluation.num_real}")
+    require(evaluation.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {evaluation.batch_size}")
+    require(evaluation.kid_subsets >= 1, "eval.kid_subsets", f"must be >= 1, got {evaluation.kid_subsets}")
+    require("kid" not in evaluation.metrics or 2 <= evaluation.kid_subset_size <= evaluation.num_samples, "eval.kid_subset_size",
+         f"must be in [2, eval.num_samples={evaluation.num_samples}], got {evaluation.kid_subset_size}")
+    require(bool(run.name) and "/" not in run.name, "run.name", f"must be a non-empty name without '/', got {run.name!r}")
+    require(run.mode in ("local", "ray"), "run.mode", f"must be local or ray, got {run.mode!r}")
+    require(run.storage_timeout_s >= 0, "run.storage_timeout_s", f"must be >= 0 (0: no retries), got {run.storage_timeout_s}")
+    require(run.mode == "ray" or "://" not in run.root, "run.root",
+         f"{run.root} is a URL: run.mode=local writes to a local path (run.mode=ray takes URLs)")
+    require(run.mode == "local" or train.device == "auto" or (train.device == "cuda") == ray.use_gpu, "train.device",
+         f"train.device={train.device} contradicts ray.use_gpu={str(ray.use_gpu).lower()} (Ray mode: set ray.use_gpu)")
+    require(ray.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {ray.cpus_per_worker}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-    need(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")
+    require(ray.placement_strategy in strategies, "ray.placement_strategy", f"must be one of {strategies}")
     levels = ("DEBUG", "INFO", "WARNING", "ERROR")
-    need(ray.log_level in levels, "ray.log_level", f"must be one of {levels}, got {ray.log_level!r}")
+    require(ray.log_level in levels, "ray.log_level", f"must be one of {levels}, got {ray.log_level!r}")
     if ray.min_workers is not None:
-        need(ray.min_workers >= 1, "ray.min_workers", f"must be >= 1 (or unset: a fixed worker count), got "
+        require(ray.min_workers >= 1, "ray.min_workers", f"must be >= 1 (or unset: a fixed worker count), got "
                                                       f"{ray.min_workers}")
-        need(ray.min_workers <= ray.num_workers, "ray.min_workers",
+        require(ray.min_workers <= ray.num_workers, "ray.min_workers",
              f"{ray.min_workers} is more than ray.num_workers={ray.num_workers} (the most workers)")
-        need(ray.max_failures != 0, "ray.max_failures",
+        require(ray.max_failures != 0, "ray.max_failures",
              "an elastic run survives a lost node by restarting from its last checkpoint: set it to N or -1")
-    need(ray.resize_check_s > 0, "ray.resize_check_s", f"must be > 0, got {ray.resize_check_s}")
-    need(ray.max_failures >= -1, "ray.max_failures", f"must be >= -1, got {ray.max_failures}")
+    require(ray.resize_check_s > 0, "ray.resize_check_s", f"must be > 0, got {ray.resize_check_s}")
+    require(ray.max_failures >= -1, "ray.max_failures", f"must be >= -1, got {ray.max_failures}")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -112,9 +112,9 @@ class Dist:
         """Rank 0's Python object on every rank (small objects only)."""
         if not self.active:
             return obj
-        box = [obj]
-        torch_dist.broadcast_object_list(box, src=0)
-        return box[0]
+        holder = [obj]
+        torch_dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
     def sum_int(self, value: int, device: torch.device) -> int:
         if not self.active:

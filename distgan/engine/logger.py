@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 
-def say(line: str) -> None:
+def print_line(line: str) -> None:
     """A progress line on stdout. Not print(): inside a Ray Train worker print is patched to go through logging
     and also teed to stdout, which shows every line twice on the driver."""
     sys.stdout.write(line + "\n")
@@ -66,7 +66,7 @@ class RunLogger:
             self.bar.n = step
             self.bar.set_postfix_str(text)
         else:
-            say(f"step {step}/{total} {text}")
+            print_line(f"step {step}/{total} {text}")
 
     def close(self) -> None:
         if self.bar is not None:

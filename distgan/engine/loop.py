@@ -26,7 +26,7 @@ from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import NonFiniteWatch
 from distgan.engine.launcher import Launcher
-from distgan.engine.logger import RunLogger, grid, say
+from distgan.engine.logger import RunLogger, grid, print_line
 from distgan.engine.state import TrainState
 from distgan.engine.graph_step import StaticStep, cuda_graph_refusal
 from distgan.errors import Diverged
@@ -43,7 +43,7 @@ def eval_line(step: int, results: dict[str, float]) -> str:
     return f"step {step} " + " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in results.items())
 
 
-def tally(step: int, metrics: dict[str, torch.Tensor], watch: NonFiniteWatch, sums: dict[str, torch.Tensor]) -> None:
+def record_step_metrics(step: int, metrics: dict[str, torch.Tensor], watch: NonFiniteWatch, sums: dict[str, torch.Tensor]) -> None:
     """The loop's work after every train_step (distgan.bench times it too): the NaN watch and the metric sums,
     on the device, without a host sync."""
     watch.observe(step, metrics)
@@ -100,10 +100,10 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             if not same_layout:
                 log.warning("checkpoint has %d ranks, this run %d: data streams re-seeded from step %d",
                             len(payload["ranks"]), dist.world_size, state.step)
-            say(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
+            print_line(f"resumed from step {state.step} with {dist.world_size} worker{'s' if dist.world_size > 1 else ''}")
         if state.step >= t.steps:
             if dist.is_main:
-                say(f"nothing to train: the run is at step {state.step}, train.steps={t.steps} (raise it to go on)")
+                print_line(f"nothing to train: the run is at step {state.step}, train.steps={t.steps} (raise it to go on)")
             # nothing left to train (a Tune trial restored after it had finished, its last report lost with the
             # search's driver): a scheduler waits for the final metrics, so those of the checkpoint go out again
             launcher.report(state.step, payload.get("metrics", {}))
@@ -136,7 +136,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         results = evaluator(state.G_ema)  # the untrained generator: where the curve starts
         if logger:
             logger.scalars(0, results)
-            say(eval_line(0, results))
+            print_line(eval_line(0, results))
 
     refusal = cuda_graph_refusal(cfg, device) if state.speed.cuda_graph else None
     if refusal and dist.is_main:
@@ -202,17 +202,17 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         if improved:
             state.best = {"metric": name, "value": value, "step": step}
         if dist.is_main:
-            say(eval_line(step, results) + (" (best)" if improved else ""))
+            print_line(eval_line(step, results) + (" (best)" if improved else ""))
         return results, improved
 
     while state.step < t.steps:
         if flops_per_step is None:  # the first step of this process, under a FLOP counter
-            box = {}
-            flops_per_step = count_step_flops(state, lambda: box.update(m=run_step(real)))
-            metrics = box["m"]
+            first_step = {}
+            flops_per_step = count_step_flops(state, lambda: first_step.update(metrics=run_step(real)))
+            metrics = first_step["metrics"]
         else:
             metrics = run_step(real)
-        tally(state.step, metrics, watch, sums)
+        record_step_metrics(state.step, metrics, watch, sums)
         state.images_seen += images_per_step
         steps_since += 1
         step, last = state.step, state.step == t.steps
@@ -275,7 +275,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
                 log.warning("preemption notice: checkpoint written at step %d, training on", step)
         if stopping:
             if dist.is_main:
-                say(f"stopped at step {step} with a checkpoint")
+                print_line(f"stopped at step {step} with a checkpoint")
             break
 
     if logger:

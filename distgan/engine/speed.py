@@ -101,7 +101,7 @@ class Speed:
                                 capturable=self.cuda_graph)
 
 
-def full(x: torch.Tensor) -> torch.Tensor:
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """x in at least fp32: autocast's bf16 outputs go up to fp32, fp32 and fp64 stay as they are."""
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 

@@ -8,7 +8,7 @@ import torch
 
 from distgan.config import TrainConfig
 from distgan.engine.distributed import Dist, split
-from distgan.engine.speed import full, no_timer
+from distgan.engine.speed import at_least_fp32, no_timer
 from distgan.engine.state import TrainState, update_ema
 from distgan.losses import critic_loss, generator_loss, gradient_penalty
 
@@ -30,12 +30,12 @@ def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alph
     G_fwd = state.G_compiled if state.G_compiled is not None else G
     D_fwd = state.D_compiled if state.D_compiled is not None else D
     with torch.no_grad(), speed.autocast():
-        fake = speed.layout(full(G_fwd(z)))
+        fake = speed.layout(at_least_fp32(G_fwd(z)))
     with speed.autocast():
         if speed.fused_critic_forward:  # no batch statistics in the critic: one forward, same scores
-            real_scores, fake_scores = full(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
+            real_scores, fake_scores = at_least_fp32(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
         else:
-            real_scores, fake_scores = full(D_fwd(real)), full(D_fwd(fake))
+            real_scores, fake_scores = at_least_fp32(D_fwd(real)), at_least_fp32(D_fwd(fake))
         gp = gradient_penalty(D, real, fake, alpha=alpha) if penalize else real_scores.new_zeros(())  # fp32 norm
     loss_d = critic_loss(real_scores, fake_scores) + gp_weight * gp
     state.opt_d.zero_grad(set_to_none=True)
@@ -87,7 +87,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
         state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
         D.requires_grad_(False)
         with speed.autocast():
-            loss_g = generator_loss(full(D_fwd(G_fwd(state.noise.latents(global_batch, z_dim)))))
+            loss_g = generator_loss(at_least_fp32(D_fwd(G_fwd(state.noise.latents(global_batch, z_dim)))))
         state.opt_g.zero_grad(set_to_none=True)
         (loss_g * weight).backward()
     with timer("allreduce"):

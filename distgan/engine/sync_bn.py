@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.distributed.nn.functional import all_gather
 
-from distgan.engine.speed import full
+from distgan.engine.speed import at_least_fp32
 
 DIMS = (0, 2, 3)
 
@@ -53,7 +53,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         # in fp32 under autocast, as torch's BatchNorm computes its statistics: in bf16 even the counts round
         # (5456 values per channel become 5440); the output keeps the input's dtype, as torch's does
-        dtype, x = x.dtype, full(x)
+        dtype, x = x.dtype, at_least_fp32(x)
         c = x.shape[1]
         gathered = torch.stack(all_gather(torch.cat(local_moments(x))))  # (world, 4C)
         n, k, offset, m2 = combine_moments(*gathered.split(c, dim=1))

@@ -32,7 +32,7 @@ from distgan.data.shards import read_manifest
 from distgan.data.sources import is_manifest_source
 from distgan.data.validation import ValidationStream, validation_batches
 from distgan.engine.distributed import Dist
-from distgan.engine.logger import say
+from distgan.engine.logger import print_line
 from distgan.errors import DataSourceError, UnsafeFile, first_line
 from distgan.evaluation.inception import FeatureNetwork, to_uint8
 from distgan.evaluation.statistics import SetStatistics
@@ -164,7 +164,7 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
     cached, cached_at = read_cache(locations) if dist.is_main else (None, "")
     if dist.broadcast_object(cached is not None):
         if dist.is_main:
-            say(f"reference statistics: {stream.total} real images, read from the cache ({cached_at})")
+            print_line(f"reference statistics: {stream.total} real images, read from the cache ({cached_at})")
         return cached if dist.is_main else {}  # the metrics are computed on rank 0
 
     ReferenceCounter.computed += 1
@@ -179,7 +179,7 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
         index += valid
         done += valid
         if dist.is_main and time.perf_counter() - last_line > 30:
-            say(f"reference statistics: {done * dist.world_size}/{stream.total} real images (estimate)")
+            print_line(f"reference statistics: {done * dist.world_size}/{stream.total} real images (estimate)")
             last_line = time.perf_counter()
     read = dist.sum_int(done, device)
     if read < 2 or ("kid" in ev.metrics and min(read, keep) < ev.kid_subset_size):
@@ -192,9 +192,9 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
             # be stale under the same key
             log.warning("reference statistics: %d of the %d real images could not be read: these statistics "
                         "are used now but not cached", stream.total - read, stream.total)
-            say(f"reference statistics: {read} of {stream.total} real images in {seconds:.0f} s, not cached")
+            print_line(f"reference statistics: {read} of {stream.total} real images in {seconds:.0f} s, not cached")
         else:
             where = write_cache(locations, gathered)
-            say(f"reference statistics: {read} real images in {seconds:.0f} s, cached at "
+            print_line(f"reference statistics: {read} real images in {seconds:.0f} s, cached at "
                 f"{where or '(nowhere writable)'}")
     return gathered

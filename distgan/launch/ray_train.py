@@ -168,7 +168,7 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.log.keep_checkpoints),
             # Ray Train's own INFO records (every report, worker-group start) stay in the session's log files
             logging_config=ray.train.LoggingConfig(log_level=cfg.ray.log_level),
-            callbacks=[end_on_errors_a_retry_repeats(), *callbacks],
+            callbacks=[no_retry_for_repeating_errors(), *callbacks],
         ),
     )
 
@@ -239,26 +239,26 @@ def repeats_on_retry(error: BaseException) -> Optional[BaseException]:
     return None
 
 
-def end_on_errors_a_retry_repeats():
+def no_retry_for_repeating_errors():
     """A Ray Train callback (it runs in the controller): Train V2 retries every worker error up to ray.max_failures
     (DefaultFailurePolicy), and elastic runs need max_failures=-1, so a NaN would restart the workers forever.
     Raised from a callback, the error becomes a ControllerError, which the failure policy does not retry: the run
     ends, and fit() below reports the worker's own one line."""
     from ray.train import UserCallback
 
-    class EndOnErrorsARetryRepeats(UserCallback):
+    class NoRetryForRepeatingErrors(UserCallback):
         def after_exception(self, run_context, worker_exceptions):
             for error in worker_exceptions.values():
                 cause = repeats_on_retry(error)
                 if cause is not None:
                     raise cause
 
-    return EndOnErrorsARetryRepeats()
+    return NoRetryForRepeatingErrors()
 
 
 def raise_worker_error(error: BaseException) -> None:
     failures = list((getattr(error, "worker_failures", None) or {}).values())
-    if getattr(error, "controller_failure", None) is not None:  # ended by end_on_errors_a_retry_repeats
+    if getattr(error, "controller_failure", None) is not None:  # ended by no_retry_for_repeating_errors
         failures.append(error.controller_failure)
     for failure in failures:
         cause = getattr(failure, "cause", None) or failure  # a RayTaskError carries the original as .cause
