@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from distgan.data import prepare  # noqa: E402
-from distgan.data.fake_celeba import write_fake_celeba  # noqa: E402
+from fake_celeba import write_fake_celeba  # noqa: E402
 from distgan.data.shards import iter_samples, read_manifest  # noqa: E402
 from distgan.data.stream import ShardStream, to_model_range  # noqa: E402
 

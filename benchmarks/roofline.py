@@ -45,7 +45,7 @@ from distgan.errors import UserError  # noqa: E402
 from distgan.config import Config, load_config  # noqa: E402
 from distgan.engine.distributed import Dist  # noqa: E402
 from distgan.engine.flops import PEAKS  # noqa: E402
-from distgan.engine.run_folder import ensure_writable_file  # noqa: E402
+from distgan.io.run_folder import ensure_writable_file  # noqa: E402
 from distgan.engine.speed import Speed  # noqa: E402
 from distgan.engine.state import TrainState  # noqa: E402
 from distgan.engine.step import train_step  # noqa: E402

@@ -20,7 +20,7 @@ from distgan.cli import run_main, torch_device
 from distgan.config import expand_home, from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import ensure_writable_file
+from distgan.io.run_folder import ensure_writable_file
 from distgan.errors import DataSourceError, UserError
 
 
@@ -56,8 +56,10 @@ def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> d
                                 f" distgan never runs what a file says: name the reference data with --data (the same "
                                 f"value, if you trust it)")
             config[section][key] = args.data  # nothing of the file's is left to run
-    metrics = args.metrics.split(",") if args.metrics else ev.get("metrics") or []
-    if ev.get("weights") and not args.weights and {"fid", "kid"} & {m.strip() for m in metrics}:
+    from distgan.evaluation.metrics import METRICS, needs_network
+
+    metrics = [m.strip() for m in (args.metrics.split(",") if args.metrics else ev.get("metrics") or [])]
+    if ev.get("weights") and not args.weights and needs_network([m for m in metrics if m in METRICS]):
         raise UserError(f"{location}: its stored eval.weights={ev['weights']} is a TorchScript program that "
                         f"evaluating would run; distgan never picks a file to execute from a file: --weights "
                         f"{ev['weights']} uses it if you trust it, --weights standard the standard Inception")
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             raise in_flag_terms(exc, args) from None
         # the run's own data set is gone or moved (runs store it absolute; older runs, relative to where they ran)
         raise DataSourceError(f"{exc} (the run's data set: --data names the reference data)") from None
+    except UserError as exc:  # an unknown metric: said with the flag that named it
+        raise in_flag_terms(exc, args) from None
     evaluator = Evaluator(cfg, Dist(), device)
     results = evaluator(G.to(device))
     rows = [("generator", str(location)), ("step", str(info["step"])), ("generated", str(cfg.eval.num_samples)),

@@ -18,7 +18,7 @@ from distgan.cli import run_main, torch_device
 from distgan.config import expand_home
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.logger import grid
-from distgan.engine.run_folder import ensure_writable
+from distgan.io.run_folder import ensure_writable
 from distgan.errors import UserError
 
 

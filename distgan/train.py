@@ -26,16 +26,15 @@ def main(argv: list[str] | None = None) -> int:
 
         check_evaluation(cfg)  # missing weights or unfit reference data: one line now, not a half-written run
     if cfg.run.mode == "local":
-        from distgan.engine.loop import best_so_far, train
-        from distgan.engine.run_folder import ensure_writable
-        from distgan.launch.local import LocalLauncher
+        from distgan.engine.loop import best_so_far
+        from distgan.io.run_folder import ensure_writable
+        from distgan.launch.local import run_local
 
         cfg = with_absolute_paths(cfg)  # the config stored with checkpoints and exports means the same anywhere
         run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root", keep=False)
         log.info("run directory: %s", run_dir.resolve())
-        with LocalLauncher(cfg, run_dir) as launcher:
-            state = train(cfg, launcher)
-        run_dir, step, metrics, stop_signal = str(run_dir), state.step, best_so_far(state.best), launcher.stop_signal
+        state, stop_signal = run_local(cfg, run_dir)
+        run_dir, step, metrics = str(run_dir), state.step, best_so_far(state.best)
     else:
         from distgan.data.sources import resolve_shards
         from distgan.launch.ray_train import run_ray

@@ -27,7 +27,7 @@ from typing import Any
 
 from distgan.cli import run_main
 from distgan.config import Config, stored_dict, to_dict, to_yaml, with_absolute_paths
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.errors import ConfigError
 from distgan.launch.search import (ClampToSpace, SearchConfig, apply_params, first_rung, load_search, pbt_mutation,
                                    scheduler_settings, tune_domain)

@@ -17,6 +17,7 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS)
 from distgan.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # tests use benchmarks' helpers (fake_celeba, cost_model)
 # the tiny model every CPU test trains (16 px, width 8): one place to change it
 TINY_MODEL = ("model.z_dim=16", "model.width=8", "model.image_size=16")
 

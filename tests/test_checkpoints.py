@@ -14,7 +14,7 @@ import torch
 from conftest import run_module
 from distgan.engine.checkpoint import CHECKPOINT_FILE, FolderCheckpoints, build_payload, check_payload, write_atomic
 from distgan.engine.distributed import Dist, ReplicaMismatch
-from distgan.engine.run_folder import RunFolder, write_durably
+from distgan.io.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError
 from gloo import spawn
@@ -237,7 +237,7 @@ def test_a_run_resumed_at_its_last_step_reports_its_final_metrics_again(tiny_con
 
 
 def lagging_listing_rank(rank: int, world: int, root: str, start_from: str) -> None:
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
     from distgan.launch.ray_worker import RayCheckpoints
 
     store = RayCheckpoints(Dist.from_process_group(), RunFolder(root), start_from)

@@ -10,7 +10,7 @@ import torch
 from conftest import run_module
 from distgan.cli import torch_device
 from distgan.engine.checkpoint import load_newest_generator
-from distgan.engine.run_folder import ensure_writable
+from distgan.io.run_folder import ensure_writable
 from distgan.errors import StorageError, UserError
 from distgan.launch.local import pick_device, train_local
 

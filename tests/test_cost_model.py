@@ -1,13 +1,8 @@
 """benchmarks/cost_model.py's arithmetic on made-up sweeps whose answers are known."""
 
-import sys
-
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import cost_model  # noqa: E402
+import cost_model
 
 
 def test_interpolation_is_exact_on_power_laws_and_linear_past_the_ends():

@@ -224,7 +224,7 @@ def test_statistics_of_a_partial_read_are_used_but_never_cached(tmp_path, demo_c
     whole = reference.reference_statistics(cfg, Dist(), cpu, None, "none")
     assert reference.ReferenceCounter.computed == before + 2, "the whole set's statistics were not computed"
     assert len(list(shards.glob("fid-stats/*.pt"))) == 1
-    assert not torch.equal(partial["swd_images"], whole["swd_images"])  # the first 64 images differ: another set
+    assert not torch.equal(partial["small_images"], whole["small_images"])  # the first 64 images differ: another set
     shutil.rmtree(shards / "fid-stats")
     for tar in shards.glob("*.tar"):
         tar.write_bytes(b"")
@@ -258,13 +258,13 @@ def test_shards_written_again_under_the_same_names_get_new_reference_statistics(
     first = statistics_of_both_sources()
     again = statistics_of_both_sources()
     assert reference.ReferenceCounter.computed == before + 2, "unchanged shards: the cached statistics are read"
-    assert all(torch.equal(a["swd_images"], b["swd_images"]) for a, b in zip(first, again))
+    assert all(torch.equal(a["small_images"], b["small_images"]) for a, b in zip(first, again))
     for stale in [*out.glob("*.tar"), *out.glob("*.json")]:
         stale.unlink()
     prepare.main([str(src), str(out), "--size", "16", "--crop", "16", "--shard-size", "40", "--workers", "1"])
     second = statistics_of_both_sources()
     assert reference.ReferenceCounter.computed == before + 4, "the re-prepared shards were served stale statistics"
-    assert all(not torch.equal(a["swd_images"], b["swd_images"]) for a, b in zip(first, second))
+    assert all(not torch.equal(a["small_images"], b["small_images"]) for a, b in zip(first, second))
     assert len(list(out.glob("fid-stats/*.pt"))) == 4
 
 

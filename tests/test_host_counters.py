@@ -1,4 +1,4 @@
-"""The bench's host counters (distgan/engine/host_counters.py) see what really happened between two snapshots."""
+"""The bench's host counters (distgan/bench/host_counters.py) see what really happened between two snapshots."""
 
 import mmap
 import os
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from distgan.engine.host_counters import HostCounters
+from distgan.bench.host_counters import HostCounters
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 

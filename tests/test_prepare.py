@@ -1,6 +1,6 @@
 """prepare -> read round trips on a generated CelebA stand-in (its folder and its zip), and the command's edges.
 
-The stand-in (distgan.data.fake_celeba) has CelebA's layout, file names, partition file and 178x218 image size;
+The stand-in (benchmarks/fake_celeba.py) has CelebA's layout, file names, partition file and 178x218 image size;
 every expected pixel is computed here again with PIL, independently of prepare's code.
 """
 
@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_module
 from distgan.errors import UserError
 from distgan.data import prepare
-from distgan.data.fake_celeba import split_of, write_fake_celeba
+from fake_celeba import split_of, write_fake_celeba
 from distgan.data.shards import read_manifest
 from distgan.data.sources import resolve_source
 from distgan.data.stream import ShardStream

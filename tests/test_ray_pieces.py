@@ -39,7 +39,7 @@ def test_a_restarted_group_tries_every_checkpoint_folder_newest_first(tmp_path, 
     After a rollback nothing past the checkpoint the attempt saved last is taken."""
     from distgan.engine.checkpoint import CHECKPOINT_FILE
     from distgan.engine.distributed import Dist
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
     from distgan.launch.ray_worker import RayCheckpoints, checkpoint_dir
 
     for step in (2, 4):
@@ -63,7 +63,7 @@ def test_a_run_folder_on_object_storage_mirrors_its_staging_folder(tmp_path):
     fsspec's in-memory filesystem stands in for a bucket."""
     import fsspec
 
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
 
     folder = RunFolder("memory://bucket/run-mirror")
     fs = fsspec.filesystem("memory")
@@ -99,7 +99,7 @@ def test_checkpoint_folders_ray_never_registered_are_pruned_like_the_others(tiny
 
     from distgan.engine.checkpoint import CHECKPOINT_FILE, build_payload
     from distgan.engine.distributed import Dist
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
     from distgan.engine.state import TrainState
     from distgan.launch.ray_worker import SNAPSHOT, RayCheckpoints, checkpoint_dir
 
@@ -123,7 +123,7 @@ def test_generator_exports_of_earlier_attempts_are_pruned_in_the_bucket():
     all attempts (and generator-best.pt), not every export an earlier attempt left."""
     import fsspec
 
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
 
     fs = fsspec.filesystem("memory")
     for step in (5, 10, 15):  # an earlier attempt's
@@ -146,7 +146,7 @@ def test_staging_folders_of_dead_processes_are_removed_at_the_next_start(tmp_pat
     import sys
     import tempfile
 
-    from distgan.engine.run_folder import KEPT_MARKER, STAGING_PREFIX, RunFolder
+    from distgan.io.run_folder import KEPT_MARKER, STAGING_PREFIX, RunFolder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -153,24 +153,26 @@ def test_the_best_evaluation_so_far_survives_a_resume(tiny_config, tmp_path):
     assert resumed.best == first.best
 
 
-def test_only_a_better_evaluation_replaces_the_best_checkpoint(tiny_config, tmp_path, monkeypatch):
+def test_only_a_better_evaluation_replaces_the_best_checkpoint(tiny_config, tmp_path):
     """Scripted scores (lower is better) at steps 1-4: step 1's is the best, and the worse ones after it, before
     and after a resume, leave best.pt, generator-best.pt and the logged best at step 1."""
     from distgan.engine.checkpoint import read_file
+    from distgan.engine.loop import train
+    from distgan.evaluation.metrics import headline as rank_results
+    from distgan.launch.local import LocalLauncher
 
     scores = [0.3, 0.4, 0.35, 0.6]
 
-    class ScriptedEvaluator:
-        def __init__(self, cfg, dist, device):
-            pass
-
+    class ScriptedEvaluator:  # what the launcher hands the loop (engine/launcher.py, Evaluate)
         def __call__(self, generator):
             return {"eval/swd": scores.pop(0), "eval/seconds": 0.0}
 
-    monkeypatch.setattr(distgan.engine.loop, "Evaluator", ScriptedEvaluator)
+        headline = staticmethod(rank_results)
+
     common = ["eval.every=1", "eval.at_start=false", "log.checkpoint_every=2"]
-    train_local(tiny_config(*common, "train.steps=2"), tmp_path / "run")
-    resumed = train_local(tiny_config(*common, "train.steps=4"), tmp_path / "run")
+    for steps in (2, 4):
+        with LocalLauncher(tiny_config(*common, f"train.steps={steps}"), tmp_path / "run") as launcher:
+            resumed = train(tiny_config(*common, f"train.steps={steps}"), launcher, ScriptedEvaluator())
     assert not scores, "four evaluations"
     assert resumed.best == {"metric": "eval/swd", "value": 0.3, "step": 1}
     assert read_file(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 1

@@ -18,7 +18,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from distgan.engine.checkpoint import CHECKPOINT_FILE, FolderCheckpoints, build_payload
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.engine.state import TrainState
 from distgan.errors import StorageError, StorageUnreachable
 from distgan.io.retry import is_transient, with_retries

@@ -82,7 +82,7 @@ def test_ray_mode_refuses_a_malicious_newest_checkpoint_on_every_rank(tmp_path, 
 
     from distgan.engine.checkpoint import CHECKPOINT_FILE
     from distgan.engine.distributed import Dist
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
     from distgan.errors import UnsafeFile
     from distgan.launch.ray_worker import RayCheckpoints, checkpoint_dir
 

@@ -313,7 +313,7 @@ def test_bad_search_is_one_line_before_any_trial(tmp_path, demo_cache, override,
 def test_a_rerun_of_a_search_must_bring_its_settings(tmp_path, demo_cache):
     """Tune restores a search with the trials, space and sample count it began with, whatever the command says: a
     rerun with other settings is refused before Ray starts, naming what differs; the same settings pass."""
-    from distgan.engine.run_folder import RunFolder
+    from distgan.io.run_folder import RunFolder
     from distgan.errors import ConfigError
     from distgan.launch.search import load_search
     from distgan.tune import SETTINGS, check_same_search, settings

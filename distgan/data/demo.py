@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from distgan.data.codec import encode_image
 from distgan.data.shards import Manifest, read_manifest, shard_name, write_manifest, write_shard
-from distgan.engine.run_folder import ensure_writable
+from distgan.io.run_folder import ensure_writable
 
 SHARD_SIZE = 512
 

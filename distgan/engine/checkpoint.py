@@ -23,7 +23,7 @@ import torch
 
 from distgan.config import Config, from_dict, stored_dict, to_dict
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import RunFolder, write_durably
+from distgan.io.run_folder import RunFolder, write_durably
 from distgan.engine.state import TrainState
 from distgan.errors import (StorageError, StorageUnreachable, UnreadableFile, UnsafeFile, UserError, first_line,
                             first_sentence)

@@ -29,6 +29,16 @@ class CheckpointStore(Protocol):
         """Keep payload apart as the best checkpoint so far (by evaluation), besides the newest ones."""
 
 
+class Evaluate(Protocol):
+    """Sample quality of a generator (distgan/evaluation/evaluator.py's Evaluator). Collective."""
+
+    def __call__(self, G: torch.nn.Module) -> dict[str, float]:
+        """Every rank alike; every rank gets the same results ("eval/fid", ...)."""
+
+    def headline(self, results: dict[str, float]) -> tuple[str, float, bool]:
+        """(result key, value, lower is better) of the result that ranks checkpoints."""
+
+
 class Launcher(Protocol):
     dist: Dist  # this process's rank and world size; the default process group is already set up
     device: torch.device  # where this rank trains

@@ -23,9 +23,8 @@ from distgan.data.stream import RealBatches, ShardStream, loader_workers
 from distgan.engine.checkpoint import build_payload, check_same_model, generator_export, restore, write_export
 from distgan.engine.distributed import split
 from distgan.engine.flops import count_step_flops, peak_flops
-from distgan.evaluation.evaluator import Evaluator, headline
 from distgan.engine.health import NonFiniteWatch
-from distgan.engine.launcher import Launcher
+from distgan.engine.launcher import Evaluate, Launcher
 from distgan.engine.logger import RunLogger, grid, print_line
 from distgan.engine.state import TrainState
 from distgan.engine.graph_step import StaticStep, cuda_graph_refusal
@@ -78,8 +77,9 @@ def loader_workers_for_resume(requested: int, resolved: int, saved: Optional[int
     return (saved, True) if requested < 0 else (resolved, False)
 
 
-def train(cfg: Config, launcher: Launcher) -> TrainState:
-    """Train until train.steps generator updates, resuming from the launcher's newest checkpoint."""
+def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None) -> TrainState:
+    """Train until train.steps generator updates, resuming from the launcher's newest checkpoint; evaluator (when
+    eval.every asks for evaluations) is handed in by the launcher's entry point (evaluation.evaluator_for)."""
     dist, device, run_dir, store = launcher.dist, launcher.device, launcher.run_dir, launcher.checkpoints
     t, lg = cfg.train, cfg.log
     local_batch = split(t.batch_size, dist.rank, dist.world_size)[1]  # uneven shares are fine: 64 on 3 = 22+21+21
@@ -123,7 +123,6 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
     )
     key_log = run_dir / "data-keys" / f"rank-{dist.rank}.txt" if cfg.data.record_keys else None
     real = RealBatches(stream, workers, device, key_log)
-    evaluator = Evaluator(cfg, dist, device) if cfg.eval.every else None  # reference statistics: now, or cached
 
     fixed_z = torch.randn(lg.num_samples, cfg.model.z_dim, generator=torch.Generator().manual_seed(t.seed + 7))
     fixed_z = fixed_z.to(device)
@@ -197,8 +196,10 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
         """Collective: the metrics, and whether they are the best so far (that checkpoint is then kept apart)."""
         dist.broadcast_buffers(state.G_ema)
         results = evaluator(state.G_ema)
-        name, value = headline(results)
-        improved = not state.best or state.best["metric"] != name or value < state.best["value"]
+        name, value, lower_is_better = evaluator.headline(results)
+        previous = state.best.get("value")
+        improved = (not state.best or state.best["metric"] != name or
+                    (value < previous if lower_is_better else value > previous))
         if improved:
             state.best = {"metric": name, "value": value, "step": step}
         if dist.is_main:
@@ -222,7 +223,7 @@ def train(cfg: Config, launcher: Launcher) -> TrainState:
             wants = launcher.should_stop()  # may be collective: every rank asks
             stopping = dist.sum_int(int(wants), device) > 0
         will_save = step % lg.checkpoint_every == 0 or last or stopping or preempted
-        evaluating = evaluator is not None and (step % cfg.eval.every == 0 or last)
+        evaluating = evaluator is not None and cfg.eval.every > 0 and (step % cfg.eval.every == 0 or last)
         if (step % lg.every == 0 or will_save or evaluating) and diverged():
             continue
 

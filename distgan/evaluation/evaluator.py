@@ -13,23 +13,25 @@ import torch
 
 from distgan.config import Config
 from distgan.engine.distributed import Dist
+from distgan.errors import ConfigError
 from distgan.evaluation.inception import FeatureNetwork, file_digest, to_uint8, weights_path
+from distgan.evaluation.metrics import METRICS, headline, needs_network
 from distgan.evaluation.reference import reference_source, reference_statistics
 from distgan.evaluation.statistics import SetStatistics, compute_metrics
 
-NETWORK_METRICS = ("fid", "kid")
-BEST_ORDER = ("eval/fid", "eval/kid", "eval/swd")  # the metric a "best" checkpoint is chosen by: lower is better
-
 
 def uses_network(cfg: Config) -> bool:
-    return any(m in NETWORK_METRICS for m in cfg.eval.metrics)
+    return needs_network(cfg.eval.metrics)
 
 
 def check_evaluation(cfg: Config) -> None:
-    """Everything about eval.* that can be wrong, found before training starts (one-line errors): the weights file
-    and the reference data (exists, same resolution and channels as the model)."""
+    """Everything about eval.* that can be wrong, found before training starts (one-line errors): the metric names,
+    the weights file and the reference data (exists, same resolution and channels as the model)."""
     from distgan.data.sources import check_manifest, resolve_source
 
+    unknown = [m for m in cfg.eval.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown {unknown} (one of {', '.join(METRICS)})")
     if uses_network(cfg):
         weights_path(cfg.eval.weights)
     source = reference_source(cfg)
@@ -76,8 +78,13 @@ class Evaluator:
         results["eval/seconds"] = time.perf_counter() - started
         return results
 
+    @staticmethod
+    def headline(results: dict[str, float]) -> tuple[str, float, bool]:
+        """(result key, value, lower is better) of the result that ranks checkpoints."""
+        return headline(results)
 
-def headline(results: dict[str, float]) -> tuple[str, float]:
-    """(name, value) of the metric that ranks checkpoints."""
-    name = next(k for k in BEST_ORDER if k in results)
-    return name, results[name]
+
+def evaluator_for(cfg: Config, dist: Dist, device: torch.device) -> Optional[Evaluator]:
+    """What a launcher hands the training loop: the evaluator when eval.every asks for one (collective: the
+    reference statistics are computed or read now, on every rank)."""
+    return Evaluator(cfg, dist, device) if cfg.eval.every else None

@@ -35,6 +35,7 @@ from distgan.engine.distributed import Dist
 from distgan.engine.logger import print_line
 from distgan.errors import DataSourceError, UnsafeFile, first_line
 from distgan.evaluation.inception import FeatureNetwork, to_uint8
+from distgan.evaluation.metrics import METRICS
 from distgan.evaluation.statistics import SetStatistics
 from distgan.io.trusted_load import load_trusted
 
@@ -93,7 +94,8 @@ def data_version(source: str, urls: list[str]):
 def cache_key(cfg: Config, source: str, stream: ValidationStream, network_digest: str, keep: int) -> str:
     facts = {"urls": stream.urls, "counts": stream.counts, "version": data_version(source, stream.urls),
              "images": stream.total, "size": cfg.model.image_size, "channels": cfg.model.channels,
-             "network": network_digest, "metrics": sorted(cfg.eval.metrics), "keep": keep,
+             "network": network_digest, "keep": keep,
+             "parts": sorted({part for m in cfg.eval.metrics for part in METRICS[m].parts}),
              "preprocessing": PREPROCESSING}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -19,7 +19,7 @@ import logging
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.errors import first_line
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from distgan.engine.checkpoint import FolderCheckpoints, refuse_another_modes_ru
 from distgan.engine.distributed import Dist
 from distgan.engine.loop import train
 from distgan.engine.state import TrainState
+from distgan.evaluation.evaluator import evaluator_for
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,13 @@ class LocalLauncher:
         pass
 
 
-def train_local(cfg: Config, run_dir: Optional[str | Path] = None) -> TrainState:
-    """Train in this process; run_dir defaults to run.root/run.name."""
+def run_local(cfg: Config, run_dir: Optional[str | Path] = None) -> tuple[TrainState, Optional[int]]:
+    """Train in this process; run_dir defaults to run.root/run.name. Returns the state and the signal that asked
+    the run to stop (None if none came)."""
     with LocalLauncher(cfg, run_dir) as launcher:
-        return train(cfg, launcher)
+        evaluator = evaluator_for(cfg, launcher.dist, launcher.device)
+        return train(cfg, launcher, evaluator), launcher.stop_signal
+
+
+def train_local(cfg: Config, run_dir: Optional[str | Path] = None) -> TrainState:
+    return run_local(cfg, run_dir)[0]

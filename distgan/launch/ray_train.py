@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from distgan.config import Config, to_dict, with_absolute_paths
 from distgan.engine.checkpoint import refuse_another_modes_run
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.errors import (DataSourceError, Diverged, StorageError, StorageUnreachable, UnusableData, UserError,
                             first_line, first_sentence)
 from distgan.io.retrying_arrow_fs import retrying_filesystem

@@ -21,7 +21,7 @@ import torch
 from distgan.config import Config, from_dict
 from distgan.engine.checkpoint import CHECKPOINT_FILE, decode_payload, read_newest, write_atomic
 from distgan.engine.distributed import Dist
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.errors import StorageError, StorageUnreachable, UnsafeFile, first_line
 from distgan.launch.ray_output import quiet_worker_logging
 
@@ -218,6 +218,7 @@ def worker_main(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker; TorchTrainer has already joined the process group. config: "config" (the
     training config), "run_dir", "train_run_dir", "start_from" (ray_train.build_trainer writes them)."""
     from distgan.engine.loop import train
+    from distgan.evaluation.evaluator import evaluator_for
 
     # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
     logging.getLogger("distgan").setLevel(logging.INFO)
@@ -227,7 +228,7 @@ def worker_main(config: dict[str, Any]) -> None:
     assert 1 <= launcher.dist.world_size <= cfg.ray.num_workers, (launcher.dist.world_size, cfg.ray.num_workers)
     describe_worker(launcher.folder, launcher.dist.rank)
     try:
-        train(cfg, launcher)
+        train(cfg, launcher, evaluator_for(cfg, launcher.dist, launcher.device))
     finally:
         launcher.folder.close()
 

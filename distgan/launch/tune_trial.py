@@ -26,7 +26,7 @@ import threading
 from typing import Any, Optional
 
 from distgan.config import from_dict
-from distgan.engine.run_folder import RunFolder
+from distgan.io.run_folder import RunFolder
 from distgan.launch.ray_train import build_trainer, fit
 from distgan.launch.search import apply_params
 

@@ -49,10 +49,10 @@ from distgan.engine.distributed import Dist, split
 from distgan.engine.flops import count_step_flops, peak_flops
 from distgan.engine.graph_step import WARMUP_STEPS, StaticStep, cuda_graph_refusal
 from distgan.engine.health import NonFiniteWatch
-from distgan.engine.host_counters import HostCounters
+from distgan.bench.host_counters import HostCounters
 from distgan.engine.host_memory import keep_freed_host_memory
 from distgan.engine.loop import record_step_metrics
-from distgan.engine.run_folder import ensure_writable_file
+from distgan.io.run_folder import ensure_writable_file
 from distgan.engine.speed import Speed
 from distgan.engine.state import TrainState
 from distgan.engine.step import train_step
@@ -226,7 +226,7 @@ def measure_local_beside_ray(cfg: Config, device: torch.device, steps: int, warm
 
 
 def measure_plain(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from plain_wgangp import plain_step, steps_per_s
 
     from distgan.engine.speed import resolve_precision
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"--modes: none given ({', '.join(known)})")
     if args.json:  # before the timing, not after it
         ensure_writable_file(args.json, "--json")
-    config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    config = args.config or str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
     cfg = load_config(config, ["run.mode=local", *args.overrides])
     if set(modes) - {"plain"}:  # the plain loop reads no data: its images are made in memory
         resolve_shards(cfg)
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_beside_ray": lambda: measure_local_beside_ray(cfg, device, args.steps, args.warmup),
     }
     if args.batch_sweep:
-        from distgan.bench_sweep import batch_sweep, sweep_report
+        from distgan.bench.sweep import batch_sweep, sweep_report
 
         try:
             batches = [int(b) for b in args.batch_sweep.split(",") if b.strip()]
