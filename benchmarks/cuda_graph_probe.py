@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         alpha.copy_(state.noise.alphas(batch))
 
     def update() -> torch.Tensor:
-        loss_d, gp, wasserstein = critic_backward(state, real, z, alpha, t.gp_weight, 1.0)
+        m = critic_backward(state, real, z, alpha, 1.0, 0)
         norm = grad_norm(D)
         state.opt_d.step()
-        return torch.stack([loss_d.detach(), gp.detach(), wasserstein.detach(), norm])
+        return torch.stack([m["loss/critic"].detach(), m["loss/gradient_penalty"].detach(), m["wasserstein"].detach(),
+                            norm])
 
     # warm-up (cuDNN's algorithm search, Adam's state) on a side stream, as torch.cuda.graph's docs ask
     side = torch.cuda.Stream() if cuda else None

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 from typing import Optional
 
 from distgan.cli import config_from_args, run_main
-from distgan.config import with_absolute_paths
 
 log = logging.getLogger("distgan.train")
 
@@ -21,27 +19,17 @@ log = logging.getLogger("distgan.train")
 def main(argv: list[str] | None = None) -> int:
     # torch and Ray are imported only after the config is read: a mistake in it is reported at once
     cfg = config_from_args(argv, "python -m distgan.train", "Train a WGAN-GP.")
+    from distgan.launch import launcher_for
+    from distgan.objectives import build_objective
+
+    launcher = launcher_for(cfg.run.mode)  # an unknown run.mode or objective is one line here, not in every worker
+    launcher.check(cfg)
+    build_objective(cfg.train)
     if cfg.eval.every:
         from distgan.evaluation.evaluator import check_evaluation
 
         check_evaluation(cfg)  # missing weights or unfit reference data: one line now, not a half-written run
-    if cfg.run.mode == "local":
-        from distgan.engine.loop import best_so_far
-        from distgan.io.run_folder import ensure_writable
-        from distgan.launch.local import run_local
-
-        cfg = with_absolute_paths(cfg)  # the config stored with checkpoints and exports means the same anywhere
-        run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root", keep=False)
-        log.info("run directory: %s", run_dir.resolve())
-        state, stop_signal = run_local(cfg, run_dir)
-        run_dir, step, metrics = str(run_dir), state.step, best_so_far(state.best)
-    else:
-        from distgan.data.sources import resolve_shards
-        from distgan.launch.ray_train import run_ray
-
-        resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
-        run_dir, metrics, stop_signal = run_ray(cfg)
-        step = int(metrics["step"]) if "step" in metrics else None  # None: no report came back
+    run_dir, step, metrics, stop_signal = launcher.run(cfg)
     stopped = stop_signal is not None and (step is None or step < cfg.train.steps)
     step = cfg.train.steps if step is None and not stopped else step
     print(summary(run_dir, step, metrics, cfg.train.steps, stop_signal if stopped else None))

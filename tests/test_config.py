@@ -40,15 +40,12 @@ BAD = [
     (["model.image_size=48"], "model.image_size"),
     (["train.batch_size=0"], "train.batch_size"),
     (["model.critic_dropout=1.5"], "model.critic_dropout"),
-    (["run.mode=cluster"], "run.mode"),
     (["train.steps"], "train.steps"),  # not key=value
     (["ray.num_workers=128"], "train.batch_size"),  # a global batch of 64 leaves some of 128 workers nothing
     (["ray.min_workers=3", "ray.max_failures=-1"], "ray.min_workers"),  # elastic: min > max (num_workers=2)
     (["ray.min_workers=0", "ray.max_failures=-1"], "ray.min_workers"),  # elastic: min < 1
     (["ray.min_workers=1"], "ray.max_failures"),  # elastic without restarts would end at the first lost node
     (["ray.placement_strategy=ANYWHERE"], "ray.placement_strategy"),
-    (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
-    (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
     (["speed.gemm_first_conv=maybe"], "speed.gemm_first_conv"),
     (["eval.metrics=swd"], "eval.metrics=[swd]"),  # a list written as a value: how to write it
     (["train=5"], "train.KEY=5"),  # a section given a value
@@ -57,6 +54,21 @@ BAD = [
     (["train.lr_g={a:[0,1]}"], "train.lr_g={a:[0,1]}: not a YAML value: found unexpected ':' while scanning a plain "
                                "scalar (YAML wants a space after each ':' in {key: value})"),
 ]
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["run.mode=cluster"], "run.mode: must be one of local, ray"),
+    (["run.mode=local", "run.root=s3://bucket/runs"], "run.root"),  # local mode writes to a path
+    (["train.device=cuda", "ray.use_gpu=false"], "train.device"),  # Ray mode: one of them would be ignored
+])
+def test_each_launcher_checks_its_own_rules(overrides, key):
+    """run.mode names a launcher (distgan/launch/); its module says what it cannot run, in one line."""
+    from distgan.launch import launcher_for
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
+    with pytest.raises(ConfigError) as err:
+        launcher_for(cfg.run.mode).check(cfg)
+    assert key in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("overrides,key", BAD)

@@ -104,7 +104,7 @@ def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: i
     real = RealBatches(stream, workers, device)
     # over gp_every steps: with the lazy penalty only one critic update in gp_every has the double backward
     flops = count_step_flops(state, lambda: [train_step(state, real, t, dist) for _ in range(t.gp_every)]) / t.gp_every
-    watch, sums = NonFiniteWatch(device), {}
+    watch, sums = NonFiniteWatch(device, state.objective.watched), {}
     run_step = StaticStep(state, t, dist, capture=state.speed.cuda_graph and not cuda_graph_refusal(cfg, device))
 
     def step() -> None:  # the loop's work at every step

@@ -39,8 +39,6 @@ EXPORT_PATTERN = re.compile(r"^generator-(\d+)\.pt$")
 TMP_SUFFIX = ".tmp"
 BEST_FILE = "best.pt"
 CHECKPOINT_FILE = "checkpoint.pt"  # in Ray Train's checkpoint_<step>/ folders (launch/ray_worker.py)
-# where each run.mode keeps its checkpoints in the run folder
-MODE_CHECKPOINTS = {"local": "checkpoints/ckpt-*.pt", "ray": f"checkpoint_*/{CHECKPOINT_FILE}"}
 
 
 # --- the payloads -------------------------------------------------------------------------------------------------
@@ -194,13 +192,16 @@ class FolderCheckpoints:
             write_atomic(self.directory / BEST_FILE, payload)
 
 
-def refuse_another_modes_run(run_dir: str, mode: str) -> None:
-    """Each run.mode resumes only its own checkpoints (MODE_CHECKPOINTS): in a run folder that the other mode
+def refuse_another_modes_run(run_dir: str, mode: str, layouts: dict[str, str]) -> None:
+    """Each run.mode resumes only its own checkpoints (layouts: {mode: glob}): in a run folder that another mode
     wrote it would start again from step 0, over that run's exports and samples. One line instead."""
     folder = RunFolder(str(run_dir))
-    other = "ray" if mode == "local" else "local"
-    theirs = folder.glob(MODE_CHECKPOINTS[other])
-    if theirs and not folder.glob(MODE_CHECKPOINTS[mode]):
+    if folder.glob(layouts[mode]):
+        return
+    for other, layout in layouts.items():
+        theirs = folder.glob(layout) if other != mode else []
+        if not theirs:
+            continue
         newest = max(theirs)[len(folder.root.rstrip("/")) + 1:]  # glob gives paths under the folder's own
         raise UserError(f"{folder.location} was trained with run.mode={other} ({newest}), whose checkpoints "
                         f"run.mode={mode} does not resume: rerun it with run.mode={other}, or give another run.name")

@@ -53,7 +53,7 @@ class StaticStep:
             self.buffers = [self.state.speed.layout(torch.empty_like(b)) for b in batches]
         for buffer, batch in zip(self.buffers, batches):
             buffer.copy_(batch, non_blocking=True)
-        phase = self.state.critic_steps % self.t.gp_every  # which critic updates of this step are penalized
+        phase = self.state.critic_steps % self.state.objective.every  # which critic updates are penalized
         if not self.capture or (phase not in self.graphs and self.eager_steps < WARMUP_STEPS):
             self.eager_steps += 1
             return self._run()
@@ -81,7 +81,7 @@ class StaticStep:
         with torch.cuda.graph(graph):
             outputs = self._run()
         state.step, state.critic_steps = step, critic_steps
-        log.info("speed.cuda_graph: step captured (critic-step phase %d)", critic_steps % self.t.gp_every)
+        log.info("speed.cuda_graph: step captured (critic-step phase %d)", critic_steps % state.objective.every)
         return graph, outputs
 
 

@@ -22,11 +22,12 @@ def print_line(line: str) -> None:
 class RunLogger:
     """Rank 0 only. Scalars go under the names the step returns (loss/critic, wasserstein, ...)."""
 
-    def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool):
+    def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool,
+                 labels: tuple[tuple[str, str], ...] = (("d", "loss/critic"), ("g", "loss/generator"))):
         # purge_step: TensorBoard drops what an earlier attempt logged past the step this one resumes at (that
         # step's own values came with its checkpoint), and everything, step 0's evaluation included, when it starts
         # from scratch (an attempt that died before its first checkpoint)
-        self.start_step = start_step
+        self.start_step, self.labels = start_step, labels
         self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else 0)
         interactive = progress and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True) if interactive else None
@@ -57,11 +58,9 @@ class RunLogger:
         self.writer.flush()
 
     def progress(self, step: int, total: int, values: dict[str, float]) -> None:
-        text = (
-            f"d={values['loss/critic']:.3f} w={values['wasserstein']:.3f} gp={values['loss/gradient_penalty']:.3f} "
-            f"g={values['loss/generator']:.3f} img/s={values['perf/images_per_s']:.0f}"
-            f" workers={values['dist/world_size']:.0f}x{values['dist/batch_per_rank']:.0f}"
-        )
+        text = " ".join(f"{label}={values[key]:.3f}" for label, key in self.labels) + (
+            f" img/s={values['perf/images_per_s']:.0f}"
+            f" workers={values['dist/world_size']:.0f}x{values['dist/batch_per_rank']:.0f}")
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(text)

@@ -129,7 +129,8 @@ def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None)
     logger = None
     if dist.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        logger = RunLogger(str(run_dir / "tensorboard"), t.steps, state.step, lg.progress)  # purges steps > resume
+        logger = RunLogger(str(run_dir / "tensorboard"), t.steps, state.step, lg.progress,  # purges steps > resume
+                           state.objective.progress)
         logger.config(to_yaml(cfg))
     if evaluator and state.step == 0 and cfg.eval.at_start:
         results = evaluator(state.G_ema)  # the untrained generator: where the curve starts
@@ -144,7 +145,7 @@ def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None)
     images_per_step = t.batch_size * (t.n_critic if t.fresh_real_per_critic_step else 1)
     flops_per_step: Optional[int] = None  # this rank's model FLOPs per generator step (engine/flops.py)
     peak = peak_flops(device, state.speed.bf16, cfg.speed.tf32)
-    watch = NonFiniteWatch(device)
+    watch = NonFiniteWatch(device, state.objective.watched)
     sums: dict[str, torch.Tensor] = {}
     steps_since, tick = 0, time.perf_counter()
     saved_on_preemption = False

@@ -15,6 +15,7 @@ from distgan.engine.noise import SlicedNoise
 from distgan.engine.speed import Speed
 from distgan.engine.sync_bn import convert_sync_batchnorm
 from distgan.models import Critic, Generator, build_models
+from distgan.objectives import Objective, build_objective
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainState:
     best: dict = field(default_factory=dict)  # the best evaluation so far: {"metric", "value", "step"}
     data_state: dict = field(default_factory=dict)  # position of the real-data stream (per rank)
     speed: Speed = field(default_factory=Speed)  # the fast path's switches (engine/speed.py)
+    objective: Optional[Objective] = None  # the losses and the penalty (train.objective)
     G_compiled: Optional[nn.Module] = None  # with speed.compile: torch.compile(G), sharing G's parameters
     D_compiled: Optional[nn.Module] = None
 
@@ -53,8 +55,8 @@ class TrainState:
         torch.manual_seed(t.seed + 1_000_003 * (dist.rank + 1))
         noise = SlicedNoise(t.seed, dist.rank, dist.world_size, device)
         compiled = (torch.compile(G), torch.compile(D)) if speed.compile else (None, None)
-        return TrainState(G, D, G_ema, opt_g, opt_d, noise, speed=speed, G_compiled=compiled[0],
-                          D_compiled=compiled[1])
+        return TrainState(G, D, G_ema, opt_g, opt_d, noise, speed=speed, objective=build_objective(t),
+                          G_compiled=compiled[0], D_compiled=compiled[1])
 
     def state_dict(self) -> dict[str, Any]:
         state = {

@@ -1,4 +1,5 @@
-"""One training step: n_critic critic updates, then one generator update (Algorithm 1 of Gulrajani et al.)."""
+"""One training step: n_critic critic updates, then one generator update (Algorithm 1 of Gulrajani et al.); the
+losses are the run's objective's (distgan/objectives/)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from distgan.config import TrainConfig
 from distgan.engine.distributed import Dist, split
 from distgan.engine.speed import at_least_fp32, no_timer
 from distgan.engine.state import TrainState, update_ema
-from distgan.losses import critic_loss, generator_loss, gradient_penalty
 
 RealBatches = Callable[[], torch.Tensor]  # returns this rank's next real batch, float in [-1, 1], on the device
 
@@ -20,11 +20,11 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
-def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, gp_weight: float,
-                    weight: float, penalize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One critic update up to its gradients: fakes from latents z, the penalty at alphas alpha (if penalize), the
-    critic's gradients of weight x its loss (this rank's share of the global mean; the all-reduce sums the shares).
-    Returns (critic loss, gradient penalty or 0, Wasserstein estimate), undetached. No host sync."""
+def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, weight: float,
+                    critic_step: int) -> dict[str, torch.Tensor]:
+    """One critic update up to its gradients: fakes from latents z, the objective's loss (its penalty at alphas
+    alpha), the critic's gradients of weight x that loss (this rank's share; the all-reduce sums the shares).
+    Returns the objective's critic metrics, undetached. No host sync."""
     G, D, speed = state.G, state.D, state.speed
     # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
     G_fwd = state.G_compiled if state.G_compiled is not None else G
@@ -36,12 +36,11 @@ def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alph
             real_scores, fake_scores = at_least_fp32(D_fwd(torch.cat([real, fake]))).split(real.shape[0])
         else:
             real_scores, fake_scores = at_least_fp32(D_fwd(real)), at_least_fp32(D_fwd(fake))
-        gp = gradient_penalty(D, real, fake, alpha=alpha) if penalize else real_scores.new_zeros(())  # fp32 norm
-    loss_d = critic_loss(real_scores, fake_scores) + gp_weight * gp
+        loss, metrics = state.objective.critic_loss(D, real, fake, real_scores, fake_scores, alpha, critic_step)
     state.opt_d.zero_grad(set_to_none=True)
     # ONE backward through loss and penalty (the penalty's input gradient was create_graph)
-    (loss_d * weight).backward()
-    return loss_d, gp, real_scores.mean() - fake_scores.mean()
+    (loss * weight).backward()
+    return metrics
 
 
 def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist,
@@ -68,18 +67,15 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
         with timer("critic"):
             z = state.noise.latents(global_batch, z_dim)
             alpha = state.noise.alphas(global_batch)  # drawn also when unused: the same stream for every gp_every
-            penalize = state.critic_steps % t.gp_every == 0
-            loss_d, gp, wasserstein = critic_backward(state, real, z, alpha, t.gp_weight * t.gp_every, weight,
-                                                      penalize)
+            critic_metrics = critic_backward(state, real, z, alpha, weight, state.critic_steps)
         with timer("allreduce"):
             dist.sum_grads(D)
         with timer("critic"):
             add("grad_norm/critic", grad_norm(D))
             state.opt_d.step()
             state.critic_steps += 1
-            add("loss/critic", loss_d)
-            add("loss/gradient_penalty", gp * t.gp_every)  # lazy: k x the penalty, 1 update in k; the same mean
-            add("wasserstein", wasserstein)
+            for name, value in critic_metrics.items():
+                add(name, value)
 
     # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
     # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
@@ -87,7 +83,8 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
         state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
         D.requires_grad_(False)
         with speed.autocast():
-            loss_g = generator_loss(at_least_fp32(D_fwd(G_fwd(state.noise.latents(global_batch, z_dim)))))
+            loss_g = state.objective.generator_loss(at_least_fp32(D_fwd(G_fwd(state.noise.latents(global_batch,
+                                                                                                  z_dim)))))
         state.opt_g.zero_grad(set_to_none=True)
         (loss_g * weight).backward()
     with timer("allreduce"):

@@ -1,1 +1,22 @@
-"""Launchers: the edge where Ray meets the (Ray-free) training loop."""
+"""The launchers run.mode can name, one module each: CHECKPOINTS (its checkpoint files in a run folder, a glob),
+check(cfg) (its config rules, one-line errors) and run(cfg) -> (run folder, step, metrics, stop signal)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from distgan.errors import ConfigError
+
+LAUNCHERS = {"local": "distgan.launch.local", "ray": "distgan.launch.ray_train"}
+
+
+def launcher_for(mode: str) -> ModuleType:
+    if mode not in LAUNCHERS:
+        raise ConfigError(f"run.mode: must be one of {', '.join(LAUNCHERS)}, got {mode!r}")
+    return importlib.import_module(LAUNCHERS[mode])
+
+
+def checkpoint_layouts() -> dict[str, str]:
+    """{run.mode: the glob of its checkpoints}: a run folder is resumed only by the mode that wrote it."""
+    return {mode: launcher_for(mode).CHECKPOINTS for mode in LAUNCHERS}

@@ -15,7 +15,9 @@ from typing import Optional
 import torch
 
 from distgan.cli import torch_device
-from distgan.config import Config
+from distgan.config import Config, with_absolute_paths
+from distgan.errors import ConfigError
+from distgan.launch import checkpoint_layouts
 from distgan.engine.checkpoint import FolderCheckpoints, refuse_another_modes_run
 from distgan.engine.distributed import Dist
 from distgan.engine.loop import train
@@ -23,6 +25,8 @@ from distgan.engine.state import TrainState
 from distgan.evaluation.evaluator import evaluator_for
 
 log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints/ckpt-*.pt"  # this launcher's checkpoints in a run folder (FolderCheckpoints)
 
 
 def pick_device(name: str) -> torch.device:
@@ -40,7 +44,7 @@ class LocalLauncher:
         self.device = pick_device(cfg.train.device)
         self.cpus = float(len(os.sched_getaffinity(0)))
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.run.root) / cfg.run.name
-        refuse_another_modes_run(str(self.run_dir), "local")
+        refuse_another_modes_run(str(self.run_dir), "local", checkpoint_layouts())
         self.checkpoints = FolderCheckpoints(self.run_dir / "checkpoints", cfg.log.keep_checkpoints,
                                              timeout_s=cfg.run.storage_timeout_s)
         self.stop_signal: Optional[int] = None  # the signal that asked the run to stop
@@ -87,3 +91,21 @@ def run_local(cfg: Config, run_dir: Optional[str | Path] = None) -> tuple[TrainS
 
 def train_local(cfg: Config, run_dir: Optional[str | Path] = None) -> TrainState:
     return run_local(cfg, run_dir)[0]
+
+
+def check(cfg: Config) -> None:
+    if "://" in cfg.run.root:
+        raise ConfigError(f"run.root: {cfg.run.root} is a URL: run.mode=local writes to a local path (run.mode=ray "
+                          f"takes URLs)")
+
+
+def run(cfg: Config) -> tuple[str, Optional[int], dict, Optional[int]]:
+    """python -m distgan.train with run.mode=local: (run folder, step, best metrics, stop signal)."""
+    from distgan.engine.loop import best_so_far
+    from distgan.io.run_folder import ensure_writable
+
+    cfg = with_absolute_paths(cfg)  # the config stored with checkpoints and exports means the same anywhere
+    run_dir = ensure_writable(Path(cfg.run.root) / cfg.run.name, "run.root", keep=False)
+    log.info("run directory: %s", run_dir.resolve())
+    state, stop_signal = run_local(cfg, run_dir)
+    return str(run_dir), state.step, best_so_far(state.best), stop_signal

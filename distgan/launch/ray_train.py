@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from distgan.config import Config, to_dict, with_absolute_paths
-from distgan.engine.checkpoint import refuse_another_modes_run
+from distgan.engine.checkpoint import CHECKPOINT_FILE, refuse_another_modes_run
+from distgan.launch import checkpoint_layouts
 from distgan.io.run_folder import RunFolder
-from distgan.errors import (DataSourceError, Diverged, StorageError, StorageUnreachable, UnusableData, UserError,
+from distgan.errors import (ConfigError, DataSourceError, Diverged, StorageError, StorageUnreachable, UnusableData,
+                            UserError,
                             first_line, first_sentence)
 from distgan.io.retrying_arrow_fs import retrying_filesystem
 from distgan.launch.cluster_token import secure_local_cluster
@@ -23,6 +25,7 @@ from distgan.launch.ray_worker import STOP_FILE, worker_main
 log = logging.getLogger(__name__)
 
 JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the entrypoint of a `ray job submit` job
+CHECKPOINTS = f"checkpoint_*/{CHECKPOINT_FILE}"  # Ray Train's checkpoint folders in a run folder (ray_worker.py)
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -180,7 +183,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
 
     refuse_relative_root_in_job(cfg)
     cfg = with_absolute_paths(cfg)
-    refuse_another_modes_run(run_dir_of(cfg), "ray")
+    refuse_another_modes_run(run_dir_of(cfg), "ray", checkpoint_layouts())
     check_resumed_model(cfg)
     if connect(cfg):
         check_fits(worker_resources(cfg), fewest_workers(cfg), ray.cluster_resources())
@@ -211,6 +214,22 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return folder.location, dict(result.metrics or {}), stop_signals[0] if stop_signals else None
+
+
+def check(cfg: Config) -> None:
+    t = cfg.train
+    if t.device != "auto" and (t.device == "cuda") != cfg.ray.use_gpu:
+        raise ConfigError(f"train.device: train.device={t.device} contradicts ray.use_gpu={str(cfg.ray.use_gpu).lower()}"
+                        f" (Ray mode: set ray.use_gpu)")
+
+
+def run(cfg: Config) -> tuple[str, Optional[int], dict, Optional[int]]:
+    """python -m distgan.train with run.mode=ray: (run folder, step, last metrics, stop signal)."""
+    from distgan.data.sources import resolve_shards
+
+    resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
+    run_dir, metrics, stop_signal = run_ray(cfg)
+    return run_dir, int(metrics["step"]) if "step" in metrics else None, metrics, stop_signal  # None: no report
 
 
 def fit(trainer):
