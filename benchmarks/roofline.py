@@ -149,6 +149,8 @@ def cuda_fast_path(cfg: Config) -> Speed:
     """The switches a CUDA device resolves cfg.speed to (nothing touches CUDA), dispatched on the CPU."""
     speed = Speed(cfg.speed, torch.device("cuda"))
     speed.device = torch.device("cpu")  # where autocast runs: the CPU's autocast casts the same ops to bf16
+    # the eager step's aten ops: Triton kernels and a graph's replay are not dispatched ops, so not traced
+    speed.fused_activations = speed.cuda_graph = False
     return speed
 
 
@@ -178,6 +180,17 @@ def dropout_as_on_cuda():
         F.dropout = original
 
 
+class UnseededNoise:
+    """The step's latents and alphas, the same kernels, from the default generator: fake tensors cannot draw from
+    the run's own generator (a real tensor on the CPU)."""
+
+    def latents(self, batch: int, z_dim: int) -> torch.Tensor:
+        return torch.randn(batch, z_dim)
+
+    def alphas(self, batch: int) -> torch.Tensor:
+        return torch.rand(batch).view(-1, 1, 1, 1)
+
+
 def trace_step(cfg: Config, speed: Speed, fake: bool = True) -> list[Op]:
     """The kernels of one generator step, after one unrecorded step (which creates Adam's state); on fake tensors,
     or with fake=False really computed on the CPU (tests/test_roofline.py compares the two)."""
@@ -194,6 +207,7 @@ def trace_step(cfg: Config, speed: Speed, fake: bool = True) -> list[Op]:
     if fake:
         for module in (state.G, state.D, state.G_ema):
             fake_parameters(module, mode)
+        state.noise = UnseededNoise()
     t = cfg.train
     with mode, dropout_as_on_cuda():
         state.opt_g = speed.adam(state.G.parameters(), t.lr_g, (t.beta1, t.beta2))

@@ -211,6 +211,7 @@ def test_a_run_resumed_at_its_last_step_reports_its_final_metrics_again(tiny_con
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from distgan.engine.loop import train
+    from distgan.evaluation.evaluator import evaluator_for
     from distgan.launch.local import LocalLauncher
 
     class ReportingLauncher(LocalLauncher):
@@ -225,10 +226,10 @@ def test_a_run_resumed_at_its_last_step_reports_its_final_metrics_again(tiny_con
 
     cfg = tiny_config("train.steps=4", "eval.every=2", "eval.metrics=[swd]", "eval.num_samples=64")
     with ReportingLauncher(cfg, tmp_path / "run") as first:
-        train(cfg, first)
+        train(cfg, first, evaluator_for(cfg, first.dist, first.device))
     assert [step for step, _ in first.reports] == []  # each evaluation came with a checkpoint, which carries it
     with ReportingLauncher(cfg, tmp_path / "run") as again:
-        state = train(cfg, again)
+        state = train(cfg, again, evaluator_for(cfg, again.dist, again.device))
     assert state.step == 4 and [step for step, _ in again.reports] == [4], again.reports
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()

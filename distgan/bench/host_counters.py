@@ -74,8 +74,9 @@ class HostCounters:
         out: dict = {"minor_faults_per_step": (self.faults - start.faults) / steps, "cpu_wait_ms_per_step": None,
                      "children_cpu_ms_per_step": None, "others_cpu_ms_per_step": None, "top_others": None}
         if self.wait_s is not None and start.wait_s is not None:
-            # per thread: one that ended meanwhile takes its total with it (summing totals could go negative)
-            waited = sum(s - start.wait_s.get(tid, 0.0) for tid, s in self.wait_s.items())
+            # per thread, never below 0: a thread that ended meanwhile takes its total with it, and its id may
+            # still be listed, or reused by a new thread, with a smaller total
+            waited = sum(max(0.0, s - start.wait_s.get(tid, 0.0)) for tid, s in self.wait_s.items())
             out["cpu_wait_ms_per_step"] = 1000 * waited / steps
         if self.others is not None and start.others is not None:
             # by pid: a kernel worker's name changes with its work item; a process started meanwhile counts whole
