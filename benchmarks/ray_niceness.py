@@ -3,7 +3,7 @@
 Ray starts its worker processes at nice 15 (its `worker_niceness` setting, read from RAY_worker_niceness when a
 cluster starts), so that its own daemons win the CPU on a busy node. This times, in interleaved rounds, local mode
 and `distgan.bench`'s ray1 mode on a private cluster started at nice 15 (Ray's default) and at nice 0, each round
-on a fresh cluster (docs/benchmarks.md has the result).
+on a fresh cluster (docs/workarounds.md has the result).
 
     .venv/bin/python benchmarks/ray_niceness.py --rounds 6 --steps 60 [--json OUT]
 """

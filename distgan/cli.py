@@ -25,8 +25,8 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> Con
 
 
 def torch_device(name: str, what: str):
-    """The torch.device named by a --device flag or train.device, or a UserError naming `what`: a name torch does
-    not know, or CUDA where torch sees none (instead of a traceback from deep inside the first .to())."""
+    """The torch.device `name`, or a UserError naming `what` (unknown, or CUDA torch cannot see) instead of
+    a traceback from the first .to()."""
     import torch
 
     try:
@@ -43,8 +43,7 @@ def torch_device(name: str, what: str):
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:
-    """Call main(); turn user errors into a one-line message and exit 2, a diverged run into one line and exit 1,
-    an interrupt into one line and exit 130, with no traceback."""
+    """Call main(); a user error exits 2, a diverged run 1, an interrupt 130: each one line, no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         code = main()

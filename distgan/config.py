@@ -1,9 +1,5 @@
-"""Typed configuration: structured dataclasses, YAML files, dotlist overrides, validation.
-
-Every key has a default here; a YAML file (--config) and `key=value` overrides are merged on top in that order.
-A user mistake (unknown key, wrong type, impossible value) raises ConfigError with a one-line message naming
-the key; the command-line entry points turn it into exit status 2 without a traceback.
-"""
+"""Typed configuration: defaults, then a YAML file (--config), then key=value overrides, validated;
+a mistake is a ConfigError naming the key."""
 
 from __future__ import annotations
 
@@ -50,9 +46,7 @@ class TrainConfig:
     n_critic: int = 3  # critic updates per generator update
     objective: str = "wgan-gp"  # wgan-gp (the paper) | hinge-r1 (distgan/objectives/)
     gp_weight: float = 10.0  # lambda: the penalty's weight (R1's gamma for hinge-r1)
-    # the lazy penalty (StyleGAN2's lazy regularization): the penalty on every gp_every-th critic update only, with
-    # weight gp_every x lambda; 1 = every update, the paper (docs/design.md, section 1)
-    gp_every: int = 1
+    gp_every: int = 1  # lazy penalty: on every gp_every-th critic update, weight gp_every x lambda; 1 = the paper
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -61,10 +55,8 @@ class TrainConfig:
     ema_decay: float = 0.999  # generator EMA; 0 disables averaging (EMA equals G)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda; in Ray mode ray.use_gpu decides, and cpu/cuda must agree with it
-    # a NaN/Inf loss or gradient norm: stop (end the run with one line naming step and value) | rollback (reload
-    # the last good checkpoint and go on with fresh noise and data, at most max_rollbacks times in a run)
-    on_nonfinite: str = "stop"
-    max_rollbacks: int = 3
+    on_nonfinite: str = "stop"  # NaN/Inf: stop (one line) | rollback (last good checkpoint, fresh noise and data)
+    max_rollbacks: int = 3  # rollbacks allowed in one run
 
 
 @dataclass
@@ -86,15 +78,12 @@ class SpeedConfig:
     tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
     fused_critic_forward: bool = True  # D(real) and D(fake) in one forward
     compile: bool = False  # torch.compile of the generator and the critic's first-order uses
-    # the critic's first convolution as one matrix product: the penalty's double backward without cuDNN's batch-3
-    # convolution; auto = on CUDA (1.16x bf16, 1.48x fp32 on an H100) unless compile, off elsewhere (0.92x on a CPU)
+    # the critic's first conv as one matmul (no cuDNN batch-3 conv in the double backward); auto = CUDA unless compile
     gemm_first_conv: str = "auto"  # auto | true | false
-    # the whole generator step as one CUDA graph, replayed every step (engine/graph_step.py); auto = on CUDA unless
-    # compile; elsewhere the same static-buffer path runs eagerly
+    # the generator step as one CUDA graph (engine/graph_step.py); auto = CUDA unless compile; eager elsewhere
     cuda_graph: str = "auto"  # auto | true | false
-    # LeakyReLU + dropout as one Triton kernel per pass, the penalty's double backward included (engine/fused_act.py);
-    # auto = on CUDA unless compile; true elsewhere needs TRITON_INTERPRET=1 (slow: for tests)
-    fused_activations: str = "auto"  # auto | true | false
+    # LeakyReLU + dropout as one Triton kernel (engine/fused_act.py); auto = CUDA unless compile
+    fused_activations: str = "auto"  # auto | true | false; true off CUDA needs TRITON_INTERPRET=1 (tests)
     # glibc: keep freed host memory for the next step instead of unmapping it (no page faults per step)
     keep_host_memory: bool = True
 
@@ -118,14 +107,10 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     name: str = "celeba64"
-    # run directory = root/name: checkpoints, tensorboard/, samples/. In ray mode this is RunConfig.storage_path
-    # and must be storage every node sees (NFS path, s3://, gs://); a rerun with the same name resumes.
-    root: str = "runs"
+    root: str = "runs"  # run folder = root/name; ray mode: storage every node sees (NFS, s3://, gs://)
     # a launcher (distgan/launch/): ray = Ray Train DDP workers; local = this process only, no Ray (debugging)
     mode: str = "ray"
-    # storage that does not answer (a bucket away, a network file system hanging) is retried with backoff this long;
-    # then the run ends in one line, never falling back to an older checkpoint
-    storage_timeout_s: float = 300.0
+    storage_timeout_s: float = 300.0  # silent storage is retried this long, then the run ends in one line
 
 
 @dataclass
@@ -152,8 +137,7 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    # set by distgan, not a setting: the string keys whose value came from ${oc.env:...}, with the expression.
-    # Stored configs (checkpoints, exports, TensorBoard, best.yaml) keep the expression, not the value (a secret).
+    # set by distgan: keys read from ${oc.env:...}, whose stored configs keep the expression, not the value
     interpolations: dict[str, str] = field(default_factory=dict)
 
 
@@ -164,7 +148,7 @@ def _one_line(exc: OmegaConfBaseException) -> str:
 
 
 def read_mapping(path: str | Path) -> DictConfig:
-    """A YAML config file's top level: key: value pairs, or a ConfigError naming the file."""
+    """A YAML config file's key: value pairs, or a ConfigError naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -178,7 +162,7 @@ def read_mapping(path: str | Path) -> DictConfig:
 
 
 def unparsable_value(item: str, exc: Exception) -> ConfigError:
-    """key=value whose value YAML cannot read: the override and what YAML found, on one line."""
+    """key=value whose value YAML cannot read, as one line."""
     problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
     if not problem:
         return ConfigError(f"{item}: {first_line(exc)}")
@@ -187,7 +171,7 @@ def unparsable_value(item: str, exc: Exception) -> ConfigError:
 
 
 def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> ConfigError:
-    """A failed key=value, said in the user's terms where OmegaConf's words are about its own types."""
+    """A failed key=value in the user's terms, not OmegaConf's."""
     key, _, value = item.partition("=")
     try:
         node = OmegaConf.select(cfg, key.strip())
@@ -205,17 +189,14 @@ def _override_error(cfg: DictConfig, item: str, exc: OmegaConfBaseException) -> 
     return ConfigError(_one_line(exc))
 
 
-# keys whose value may be a local path, or a URL; ~ is expanded when the config is read (data.cache_dir's is
-# left to each machine: its default ~/.cache/distgan means every node's own home)
+# keys that may be a local path or a URL; ~ expanded on reading (data.cache_dir's on each node: its own home)
 HOME_EXPANDED = (("data", "source"), ("eval", "source"), ("eval", "weights"), ("run", "root"))
 PATH_KEYS = HOME_EXPANDED + (("data", "cache_dir"),)
 SOURCE_KEYS = (("data", "source"), ("eval", "source"))  # these also take "demo" and pipe:COMMAND
 
 
 def with_absolute_paths(cfg: Config) -> Config:
-    """A copy whose local paths are absolute. Relative paths mean the working directory of the command, but Ray
-    workers run in folders of their own, and a run's config is stored with its checkpoints and exports, to be read
-    by `evaluate` and `sample` from anywhere."""
+    """A copy with absolute local paths: Ray workers and later readers run elsewhere."""
     cfg = from_dict(to_dict(cfg))
     for section, key in PATH_KEYS:
         part = getattr(cfg, section)
@@ -227,17 +208,17 @@ def with_absolute_paths(cfg: Config) -> Config:
 
 
 def expand_home(value: str) -> str:
-    """~ and ~user at the start of a path, as a shell would (it does not in key=~/path: not an assignment)."""
+    """~ and ~user at a path's start, as a shell would (not in key=~/path)."""
     return os.path.expanduser(value) if value.startswith("~") else value
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError on any user mistake."""
+    """Defaults <- YAML file <- overrides, validated."""
     return config_from_mapping(read_mapping(path) if path is not None else None, str(path), overrides)
 
 
 def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Optional[list[str]] = None) -> Config:
-    """Defaults <- mapping (a config file's contents, named label in errors) <- dotlist overrides, validated."""
+    """Defaults <- mapping (label: its name in errors) <- overrides, validated."""
     cfg: DictConfig = OmegaConf.structured(Config)
     if mapping is not None:
         try:
@@ -272,7 +253,7 @@ def config_from_mapping(mapping: Optional[DictConfig], label: str, overrides: Op
 
 
 def environment_interpolations(cfg: DictConfig) -> dict[str, str]:
-    """{"section.key": "${oc.env:...}"} for the string values that read the environment."""
+    """{"section.key": "${oc.env:...}"} for values read from the environment."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     return {f"{section}.{key}": value for section, values in raw.items()
             if isinstance(values, dict) and section != "interpolations"
@@ -280,7 +261,7 @@ def environment_interpolations(cfg: DictConfig) -> dict[str, str]:
 
 
 def stored_dict(cfg: Config) -> dict[str, Any]:
-    """to_dict(cfg) as it is written to files: values read from the environment keep their ${oc.env:...}."""
+    """to_dict as written to files: environment-read values keep their ${oc.env:...}."""
     data = to_dict(cfg)
     for dotted, expression in cfg.interpolations.items():
         section, key = dotted.split(".", 1)
@@ -294,7 +275,7 @@ def world_size(cfg: Config) -> int:
 
 
 def validate(cfg: Config) -> None:
-    """Impossible values end here, each with the key that is wrong."""
+    """Impossible values end here, each naming its key."""
 
     def require(ok: bool, key: str, msg: str) -> None:
         if not ok:
@@ -367,12 +348,12 @@ def validate(cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The config as a file shows it (TensorBoard, best.yaml): stored_dict's values."""
+    """The config as files show it (TensorBoard, best.yaml)."""
     return OmegaConf.to_yaml(OmegaConf.create(stored_dict(cfg)))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The resolved values (for this run's own processes); interpolations rides along as plain text."""
+    """The resolved values; interpolations rides along as plain text."""
     data = OmegaConf.to_container(OmegaConf.structured(replace(cfg, interpolations={})), resolve=True)
     data["interpolations"] = dict(cfg.interpolations)  # type: ignore[index]
     return data  # type: ignore[return-value]

@@ -1,27 +1,22 @@
-"""User errors: mistakes the user can fix, each reported as one line and exit status 2 (no traceback).
-
-Every layer raises these (config, data, storage, evaluation); only the command-line entry points
-(distgan.cli.run_main) turn them into `error: ...` on stderr. A crash that is not the user's fault (a bug, a
-diverged run) keeps its own type.
-"""
+"""User errors: mistakes the user can fix, printed as one line with exit status 2 (cli.run_main)."""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake the user can fix (bad path, bad value): printed as one line, exit status 2."""
+    """A mistake the user can fix (bad path, bad value)."""
 
 
 class ConfigError(UserError, ValueError):
-    """A wrong key, type or value in the configuration; the message names the key."""
+    """A wrong key, type or value; the message names the key."""
 
 
 class DataSourceError(UserError, ValueError):
-    """A missing, empty or unreadable data source, or one written for another model."""
+    """A missing, empty or unreadable data source, or one for another model."""
 
 
 class UnusableData(DataSourceError):
-    """Data that reads the same way on every retry: no readable image in any shard a loader worker was given."""
+    """No readable image in any shard a loader worker got: a retry would fail alike."""
 
 
 class StorageError(UserError):
@@ -29,32 +24,29 @@ class StorageError(UserError):
 
 
 class UnreadableFile(StorageError):
-    """A file that is there but does not read back (a copy cut short, a corrupt file): an older one may do."""
+    """A file that does not read back (cut short, corrupt): an older one may do."""
 
 
 class Diverged(RuntimeError):
-    """Training produced a non-finite loss or gradient; the message is one line naming the step and the value.
-    Not a user error (exit status 1), but printed as one line too."""
+    """A non-finite loss or gradient: one line naming step and value, exit status 1."""
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
+    """An exception's first line, or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
 def first_sentence(exc: BaseException) -> str:
-    """The first sentence of an exception's message, over line breaks (torch's unpickling errors wrap mid-sentence;
-    its zip reader's run on for several sentences on one line)."""
+    """An exception's first sentence across line breaks (torch wraps mid-sentence)."""
     text = " ".join(str(exc).split())
     end = text.find(". ")
     return (text[: end + 1] if end >= 0 else text) or type(exc).__name__
 
 
 class UnsafeFile(UserError):
-    """A checkpoint, export or cache file that holds a type distgan never writes: loading it could run code.
-    Never skipped for an older file: someone wrote it, and the user should know."""
+    """A file holding a type distgan never writes (it could run code): never skipped for an older one."""
 
 
 class StorageUnreachable(StorageError):
-    """Storage that did not answer for run.storage_timeout_s: the run ends without falling back to older files."""
+    """Storage silent for run.storage_timeout_s: the run ends, never using older files."""

@@ -1,11 +1,5 @@
 """python -m distgan.evaluate RUN_OR_CHECKPOINT [--metrics fid,kid,swd] [--num N] [--data SOURCE] [--json OUT]
-
-Sample quality of a generator: a run folder (its newest generator export; local or Ray mode, a path or s3:// /
-gs://), a generator export or a full checkpoint file. The reference data set defaults to the run's eval.source,
-else its data.source, with its eval.num_real (--data and --num-real replace them); its statistics are computed
-once and cached next to the shards (docs/evaluation.md). What would run code (a pipe: source, eval.weights) is
-taken from the flags only, never from the file. Prints a table, and writes the numbers as JSON with --json.
-"""
+Sample quality of a generator (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -34,7 +28,7 @@ FLAGS = {"eval.metrics": "metrics", "eval.num_samples": "num", "eval.num_real": 
 
 
 def in_flag_terms(exc: UserError, args: argparse.Namespace) -> UserError:
-    """'eval.batch_size: must be >= 1' -> '--batch-size: must be >= 1' when the value came from --batch-size."""
+    """A config error said with the flag that gave the value ('--batch-size: ...')."""
     text = str(exc)
     for key, dest in FLAGS.items():
         if text.startswith(f"{key}:") and getattr(args, dest) is not None:
@@ -43,9 +37,7 @@ def in_flag_terms(exc: UserError, args: argparse.Namespace) -> UserError:
 
 
 def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> dict:
-    """The stored config minus what would run code or pick a place to write: a file is data, never instructions.
-    A `pipe:` source (a shell command), an environment-read source, eval.weights (a TorchScript program) and
-    data.cache_dir are taken from this command's flags only; one that the run used and no flag gives is refused."""
+    """The stored config minus what would run code or choose where to write: a file is data, never instructions."""
     config = {section: dict(values) for section, values in run_config.items() if isinstance(values, dict)}
     data, ev = config.setdefault("data", {}), config.setdefault("eval", {})
     for section, key in (("eval", "source"), ("data", "source")):
@@ -70,7 +62,7 @@ def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> d
 
 
 def build_config(run_config: dict, args: argparse.Namespace, location: str = "the file"):
-    """The run's own config with the evaluation settings of this command on top."""
+    """The run's config with this command's evaluation settings on top."""
     base = to_dict(load_config(None, []))
     for section, values in trusted_part(run_config, args, location).items():
         if section in base:

@@ -1,12 +1,5 @@
-"""DCGAN-style generator and critic for WGAN-GP (docs/design.md, section 1).
-
-At 64 px with width 64 these are exactly the seed architecture:
-  critic:    conv 64-128-256-512 (4x4, stride 2, pad 1) + LeakyReLU 0.2, dropout after the last three,
-             final conv 1 (4x4, valid); no normalization at all, so the gradient penalty stays per sample.
-  generator: z as (z_dim, 1, 1) -> ConvT 512 (4x4, valid) -> ConvT 256/128/64 (4x4, stride 2, pad 1), no bias,
-             BatchNorm + LeakyReLU 0.2 -> ConvT channels (stride 2) + tanh.
-Other image sizes add or remove one stride-2 block per factor of two; channel counts scale with `width`.
-"""
+"""DCGAN-style generator and critic (docs/design.md, section 1); no normalization in the critic, so the
+penalty stays per sample."""
 
 from __future__ import annotations
 

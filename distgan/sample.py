@@ -1,10 +1,5 @@
-"""python -m distgan.sample RUN_OR_FILE --out DIR [--num 64] [--grid 64] [--interpolate K] [--seed 0]
-
-Writes DIR/grid.png and DIR/000000.png ... from a run's newest generator export (RUN_OR_FILE a run folder of
-either mode, a path or s3:// / gs://), or from a given generator export or full checkpoint file.
---interpolate K also writes DIR/interpolation.png: --strips rows, each K images along the great circle (slerp)
-between two random latents, the way latent interpolations of Gaussian latents are usually drawn.
-"""
+"""python -m distgan.sample RUN_OR_FILE --out DIR [--num N] [--grid N] [--interpolate K] [--seed S]
+Writes sample images from a run's newest generator export, an export or a checkpoint."""
 
 from __future__ import annotations
 
@@ -30,8 +25,8 @@ def generate(G: torch.nn.Module, num: int, seed: int, device: str | torch.device
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between latents a and b (D,) at fractions t (K,): (K, D). Gaussian latents
-    concentrate near a sphere; a straight line between two of them passes through unlikely, short vectors."""
+    """Spherical interpolation of latents a, b at fractions t: Gaussian latents lie near a sphere, which a
+    straight line between two cuts inside."""
     cos = torch.dot(a, b) / (a.norm() * b.norm())
     theta = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
     t = t.view(-1, 1)

@@ -1,9 +1,5 @@
 """python -m distgan.train [--config FILE] [key=value ...]
-
-run.mode=ray (the default) trains with Ray Train: ray.num_workers DDP workers on the cluster named by
-ray.address or RAY_ADDRESS (set by `ray job submit`), or on a local cluster started for the run.
-run.mode=local trains in this process (one GPU or the CPU), with no Ray at all.
-"""
+run.mode=ray (default): DDP workers under Ray Train; run.mode=local: this process, no Ray."""
 
 from __future__ import annotations
 
@@ -33,14 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     stopped = stop_signal is not None and (step is None or step < cfg.train.steps)
     step = cfg.train.steps if step is None and not stopped else step
     print(summary(run_dir, step, metrics, cfg.train.steps, stop_signal if stopped else None))
-    # a run stopped before train.steps is not done: the shell's status for the signal (130 Ctrl-C, 143 SIGTERM), so
-    # that `train && evaluate` or a job system that reruns failed jobs sees it
+    # stopped before train.steps: the shell's status for the signal (130, 143), so `train && evaluate` stops
     return 128 + stop_signal if stopped else 0
 
 
 def summary(run_dir: str, step: Optional[int], metrics: dict, steps: int, stop_signal: Optional[int] = None) -> str:
-    """Where the run is and its best evaluation (metrics: loop.best_so_far's keys, among others); step None: the
-    run was stopped before it reported one."""
+    """Where the run is and its best evaluation; step None: stopped before any report."""
     if stop_signal is None:
         lines = [f"done at step {step}: {run_dir}"]
     else:

@@ -1,16 +1,5 @@
 """python -m distgan.tune --config configs/tune.yaml [key=value ...] [search.key=value ...]
-
-A Ray Tune search over training keys (docs/tune.md). Each trial is a full `distgan.train` run in Ray mode (its own
-TorchTrainer with ray.num_workers workers) driven by a small trial driver; ASHA stops weak trials early, PBT
-copies the full state of good trials into weak ones and mutates their hyperparameters. Joins the cluster named by
-ray.address or RAY_ADDRESS (so `ray job submit -- python -m distgan.tune ...` works), or starts a local one.
-
-Writes to <search.storage or run.root>/<search.name>/: Tune's own folder (trial results, pointer checkpoints),
-train/ (Ray Train's checkpoints of every trial), trials/<trial>/ (TensorBoard, samples, generator exports: view
-them together with `tensorboard --logdir .../trials`), trials.csv and best.yaml (a config that
-`python -m distgan.train --config` takes unchanged). Rerunning with the same search.name resumes the search.
-Ctrl-C or SIGTERM saves the search's state and exits 130 or 143 (docs/tune.md, "Stopping a search").
-"""
+A Ray Tune search over training keys, each trial a full Ray-mode run (docs/tune.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +25,7 @@ log = logging.getLogger("distgan.tune")
 
 
 def concurrency(cfg: Config, search: SearchConfig, available: dict[str, float]) -> int:
-    """How many trials the free resources hold at once (Tune itself sees only each trial's small driver)."""
+    """Trials the free resources hold at once (Tune sees only each trial's small driver)."""
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
     per_trial = cfg.ray.num_workers * cfg.ray.cpus_per_worker + search.driver_cpus
@@ -56,10 +45,7 @@ def trial_count(search: SearchConfig) -> int:
 
 
 class Interrupts:
-    """Tune stops a search gracefully on SIGINT alone: fit() saves the search's state, stops the trials and returns,
-    as it does at the end. SIGTERM (what `ray job stop` sends) would end the driver wherever it is: here it becomes
-    that SIGINT. Whether fit() returned for an interrupt: Tune's handler puts back the SIGINT handler it found (this
-    one) when it takes the first SIGINT, and stays installed otherwise (Ray 2.60, ray/tune/tune.py)."""
+    """SIGTERM becomes SIGINT, on which Tune's fit() saves the search and returns (docs/workarounds.md)."""
 
     def __init__(self) -> None:
         self.signal = signal.SIGINT
@@ -75,7 +61,7 @@ class Interrupts:
         os.kill(os.getpid(), signal.SIGINT)
 
     def stopped_fit(self) -> bool:
-        """Called once fit() has returned; from then on, Ctrl-C and SIGTERM act at once."""
+        """Whether fit() returned for an interrupt; from now on Ctrl-C and SIGTERM act at once."""
         import ray.util.client
 
         tune_handled_sigint = not (int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
@@ -131,16 +117,14 @@ MAY_CHANGE = {"ray.address", "ray.log_level"}
 
 
 def settings(cfg: Config, search: SearchConfig) -> dict[str, Any]:
-    """The training and search settings, flat ("train.lr_g": ...), as a resumed search must find them again."""
+    """The training and search settings, flat, as a resumed search must find them again."""
     flat = {f"{section}.{key}": value for section, values in stored_dict(cfg).items() for key, value in values.items()}
     flat.update({f"search.{key}": value for key, value in dataclasses.asdict(search).items()})
     return json.loads(json.dumps({key: value for key, value in flat.items() if key not in MAY_CHANGE}))  # as stored
 
 
 def check_same_search(folder: RunFolder, now: dict[str, Any]) -> None:
-    """Tune restores a search folder with the trials, space and sample count it was started with, whatever the
-    command says now: a rerun with other settings would report the old trials under the new settings. (A search
-    begun before distgan wrote its settings has none to compare.)"""
+    """Refuse a rerun with other settings: Tune would restore the search as started, under the new settings."""
     if not folder.exists(SETTINGS):
         return
     before = json.loads(folder.read_text(SETTINGS))
@@ -220,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode,
                                         scheduler=scheduler(cfg, search, search_dir),
-                                        # the limit goes to the generator: Tune ignores max_concurrent_trials
-                                        # when given a search_alg of this kind (and only warns)
+                                        # the limit here: Tune ignores max_concurrent_trials with a search_alg
                                         search_alg=BasicVariantGenerator(random_state=search.seed,
                                                                          max_concurrent=at_once),
                                         num_samples=search.num_samples),

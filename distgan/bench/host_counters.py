@@ -1,11 +1,5 @@
-"""What the host did during timed steps (Linux /proc; None elsewhere): the numbers that explain a slow CPU step.
-
-- minor page faults of this process (each a fresh page the kernel had to map and zero: see host_memory.py);
-- the time this process's threads spent ready to run but waiting for a CPU (the kernel's run-queue delay,
-  /proc/self/task/*/schedstat), i.e. how much other processes pushed the step off its cores;
-- the CPU time of this process's own descendants (the data loader's processes);
-- the CPU time every other process on the machine used meanwhile, with the largest users by name.
-"""
+"""What the host did during timed steps (Linux /proc): page faults, run-queue waits and other processes'
+CPU time, which explain a slow CPU step."""
 
 from __future__ import annotations
 
@@ -23,7 +17,7 @@ def _read(path: Path) -> str | None:
 
 
 def _threads_wait_s() -> dict[int, float] | None:
-    """thread id: seconds it has waited for a CPU so far, for each of this process's threads."""
+    """{thread id: seconds it has waited for a CPU}, for this process's threads."""
     tasks = Path("/proc/self/task")
     if not tasks.exists():
         return None
@@ -36,8 +30,7 @@ def _threads_wait_s() -> dict[int, float] | None:
 
 
 def _other_processes_cpu_s() -> dict[int, tuple[str, float, bool]] | None:
-    """pid: (name, CPU seconds so far (user + system), whether it descends from this process) of every other
-    process."""
+    """{pid: (name, CPU seconds, descends from this process)} for every other process."""
     proc = Path("/proc")
     if not proc.exists():
         return None
@@ -74,12 +67,11 @@ class HostCounters:
         out: dict = {"minor_faults_per_step": (self.faults - start.faults) / steps, "cpu_wait_ms_per_step": None,
                      "children_cpu_ms_per_step": None, "others_cpu_ms_per_step": None, "top_others": None}
         if self.wait_s is not None and start.wait_s is not None:
-            # per thread, never below 0: a thread that ended meanwhile takes its total with it, and its id may
-            # still be listed, or reused by a new thread, with a smaller total
+            # per thread, never below 0: an ended thread's id may still be listed, or reused, with a smaller total
             waited = sum(max(0.0, s - start.wait_s.get(tid, 0.0)) for tid, s in self.wait_s.items())
             out["cpu_wait_ms_per_step"] = 1000 * waited / steps
         if self.others is not None and start.others is not None:
-            # by pid: a kernel worker's name changes with its work item; a process started meanwhile counts whole
+            # by pid (a kernel worker's name changes); a process started meanwhile counts whole
             used = {pid: (f"{pid} {name}", 1000 * (seconds - start.others.get(pid, ("", 0.0, False))[1]) / steps,
                           child or start.others.get(pid, ("", 0.0, False))[2])
                     for pid, (name, seconds, child) in self.others.items()}

@@ -1,29 +1,6 @@
-"""python -m distgan.bench [--config FILE] [key=value ...] [--steps N] [--warmup N] [--repeats N] [--modes ...]
-                          [--json OUT]
-
-Times the real training step against a plain PyTorch WGAN-GP loop of the same model, batch and n_critic
-(benchmarks/plain_wgangp.py), in one run (docs/benchmarks.md):
-- local: this process (run.mode=local's path: the loop's work at every step, i.e. train_step, the NaN watch and
-  the metric sums; not the work at log, evaluation and checkpoint steps): generator steps/s, real images/s
-  (batch x n_critic per step, or batch with train.fresh_real_per_critic_step=false), model TFLOP/s and MFU, peak
-  memory, and a time split (waiting for data, critic updates, generator update, gradient all-reduce) from a
-  second pass that synchronizes the device at every phase boundary (so the split slows that pass a little);
-- ray1 / rayN: the same inside Ray Train workers (1 worker with all of the largest node's CPUs, or one GPU; N =
-  ray.num_workers workers sharing them): steps/s of rank 0, every rank doing the same;
-- local_beside_ray: local mode while this process holds an idle Ray cluster: what Ray's own processes (GCS,
-  raylet, dashboard, agents) cost the step on this machine, apart from the Ray Train code path;
-- plain: the one-file loop, same model (channels included), device, precision, TF32 setting and real batches per
-  step (local also times the data stream alone, in images/s, against what training consumes);
-- eval: one evaluation (eval.metrics, eval.num_samples).
-Each timed mode also prints what the host did meanwhile (engine/host_counters.py): page faults per step, how long
-the process's threads waited for a CPU, the CPU time of its own loader processes, and that of every other process
-(the largest by name).
-The plain loop runs in this process, so it gets speed.keep_host_memory's allocator setting too: local / plain
-compares the loops, not the allocator (benchmarks/compare_settings.py compares the allocator).
-Ratios printed: local / plain, ray1 / local, rayN / local, local_beside_ray / local, ray1 / local_beside_ray,
-loader / consumption. A Ray cluster the bench starts is stopped after each Ray mode, so that local and plain never run
-beside one.
-"""
+"""python -m distgan.bench [--config FILE] [key=value ...] [--modes ...] [--json OUT]
+Times distgan's training step, locally and in Ray workers, against a plain PyTorch WGAN-GP loop
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -87,14 +64,14 @@ def sync(device: torch.device) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """The device's peak allocation in this mode; on a CPU the process's peak RSS so far (all modes until now)."""
+    """Peak device memory in this mode; on a CPU, the process's peak RSS so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(cfg: Config, dist: Dist, device: torch.device, steps: int, warmup: int, cpus: float) -> dict[str, Any]:
-    """The training step of distgan's loop on this rank, with its real data stream."""
+    """distgan's training step on this rank, with its real data stream."""
     t = cfg.train
     local = split(t.batch_size, dist.rank, dist.world_size)[1]
     state = TrainState.create(cfg, device, dist)
@@ -171,8 +148,7 @@ def ray_worker(config: dict[str, Any]) -> None:
 
 @contextmanager
 def ray_cluster(cfg: Config):
-    """The cluster ray.address names, or a private one started here and stopped on leaving: the modes timed
-    after a Ray mode must not run beside an idle cluster (see local_beside_ray)."""
+    """ray.address's cluster, or a private one stopped on leaving, so later modes never run beside it."""
     import ray
 
     from distgan.launch.ray_train import connect
@@ -190,7 +166,7 @@ def measure_local(cfg: Config, device: torch.device, steps: int, warmup: int) ->
 
 
 def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str, Any]:
-    """The same measurement inside `workers` Ray Train workers; CPU workers share the largest node's cores."""
+    """The same measurement in `workers` Ray Train workers."""
     import ray
     import ray.train
     from ray.train import RunConfig, ScalingConfig
@@ -220,7 +196,7 @@ def measure_ray(cfg: Config, workers: int, steps: int, warmup: int) -> dict[str,
 
 
 def measure_local_beside_ray(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
-    """Local mode while an idle Ray cluster runs beside it (started here, or the one ray.address names)."""
+    """Local mode beside an idle Ray cluster."""
     with ray_cluster(cfg):
         return measure_local(cfg, device, steps, warmup)
 

@@ -1,5 +1,4 @@
-"""distgan.bench --batch-sweep 64,128,...: per-worker images/s and MFU at each per-worker batch, with and without
-the CUDA graph: the measurements docs/benchmarks.md's scaling model is built from (benchmarks/cost_model.py)."""
+"""distgan.bench --batch-sweep: images/s and MFU per worker batch, with and without the CUDA graph."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from distgan.config import Config
 
 def batch_sweep(cfg: Config, device: torch.device, batches: list[int], steps: int, warmup: int,
                 measure) -> list[dict[str, Any]]:
-    """One row per (batch, graph): measure(cfg, ...) is bench.measure_local. The graph only where CUDA is."""
+    """One row per (batch, graph), timed by measure; the graph only on CUDA."""
     rows = []
     graphs = ("false", "true") if device.type == "cuda" else ("false",)
     for batch in batches:

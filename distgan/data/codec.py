@@ -1,11 +1,4 @@
-"""Image bytes inside shards: encoding (prepare) and decoding (the readers), in one place so that they agree.
-
-Formats (the member's extension says which one a sample uses):
-- png: lossless.
-- jpg: quality 95 with full-resolution colour (4:4:4): chroma subsampling smears colour at 32-64 px.
-- raw: the HWC uint8 pixels, size x size x channels bytes, no header; the manifest carries size and channels and
-  the reader checks the byte count. The fastest to read, the largest on disk.
-"""
+"""Image bytes in shards, encoded and decoded in one place so that prepare and the readers agree."""
 
 from __future__ import annotations
 
@@ -54,8 +47,7 @@ def decode_image(sample: dict, image_size: int, channels: int) -> np.ndarray:
 
 
 def open_header(source) -> Image.Image:
-    """Image.open (it reads the header only), without Pillow's bomb warning: the caller checks the size itself and
-    says so in its skip message."""
+    """Image.open (header only), without Pillow's bomb warning: the callers check the size."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(source)

@@ -1,9 +1,4 @@
-"""The built-in demo data set: simple synthetic faces, generated (never downloaded) and written as shards.
-
-Each face is an ellipse with random skin tone, position and size, hair, two eyes and a mouth, on a random
-background, drawn at 4x and downsampled for smooth edges. Deterministic per index, so every machine writes the
-same data set. Shards go to data.cache_dir on first use and are reused afterwards.
-"""
+"""The demo data set: synthetic faces, deterministic per index so that every machine has the same."""
 
 from __future__ import annotations
 
@@ -48,7 +43,7 @@ def demo_root(cache_dir: str, size: int, count: int, channels: int) -> Path:
 
 
 def ensure_demo_shards(cache_dir: str, size: int, count: int, channels: int = 3) -> str:
-    """Write the demo shards if they are not there yet; returns their folder. Safe if two processes race."""
+    """Writes the demo shards unless they exist; returns their folder. Safe if two processes race."""
     root = demo_root(cache_dir, size, count, channels)
     if read_manifest(str(root)) is not None:
         return str(root)
@@ -56,10 +51,9 @@ def ensure_demo_shards(cache_dir: str, size: int, count: int, channels: int = 3)
     shards = []
     for index, start in enumerate(range(0, count, SHARD_SIZE)):
         keys = range(start, min(start + SHARD_SIZE, count))
-        # raw pixels, the reader's fastest format (docs/data.md): the demo's reader is then not its bottleneck
+        # raw: the reader's fastest format (docs/data.md)
         samples = ({"__key__": f"face{i:08d}", "raw": encode_image(draw_face(i, size, channels), "raw")} for i in keys)
         shards.append({"name": shard_name(index), "count": write_shard(str(root), index, samples)})
-    # the same content on every machine and in every racing writer: a fixed creation time too, so that the demo's
-    # reference statistics (keyed by it, evaluation/reference.py) stay cached whichever writer wins
+    # created=0: every writer's manifest the same, so reference statistics keyed by it (evaluation/) stay cached
     write_manifest(str(root), Manifest(shards, count, size, channels, "raw", source="demo", split="train", created=0.0))
     return str(root)

@@ -1,11 +1,4 @@
-"""The images prepare reads: a CelebA root, img_align_celeba.zip, any folder of images, or any zip of images.
-
-CelebA is recognised in the layout torchvision's CelebA class expects, ROOT/celeba/{img_align_celeba/,
-list_eval_partition.txt} (ROOT or ROOT/celeba may be given), or as img_align_celeba.zip (given itself, or found in
-the folder instead of the extracted img_align_celeba/). list_eval_partition.txt, next to the images or the zip,
-has lines "000001.jpg 0": 0 = train, 1 = valid, 2 = test. Anything else is a plain set of images (jpg, jpeg, png,
-webp, found recursively), which only has the split "all".
-"""
+"""The images prepare reads: a CelebA root or zip, or any folder or zip of images."""
 
 from __future__ import annotations
 
@@ -21,8 +14,7 @@ from distgan.data.codec import open_header
 from distgan.errors import UserError
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
-# an input larger than this is skipped before decoding (prepare --max-pixels): a few-KB PNG can claim 20,000 x 20,000
-# pixels, 1.2 GB once decoded, in every worker process
+# an input larger than this is skipped before decoding (prepare --max-pixels; docs/data.md)
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PARTITION_FILE = "list_eval_partition.txt"
@@ -47,7 +39,7 @@ class Inputs:
 
 
 def find_inputs(src: str, split: Optional[str]) -> Inputs:
-    """The images of one split, sorted by key. split None: "train" where a partition file exists, else "all"."""
+    """The images of one split, sorted by key; split None: "train" given a partition file, else "all"."""
     root = Path(src).expanduser()
     if not root.exists():
         raise UserError(f"{src} does not exist")
@@ -107,8 +99,7 @@ def is_image_name(name: str) -> bool:
 
 
 def sample_key(relative: str) -> str:
-    """A path relative to the source, without its suffix, as a WebDataset key: the key ends at the first dot of the
-    base name, so dots become underscores."""
+    """A relative path without suffix as a WebDataset key: dots and spaces become _."""
     stem = relative.rsplit(".", 1)[0]
     return re.sub(r"[.\s]", "_", stem)
 
@@ -136,8 +127,7 @@ def zip_images(path: Path) -> list[InputImage]:
 
 
 def unique_keys(images: list[InputImage]) -> list[InputImage]:
-    """a.jpg and a.png would share the key "a" (and form one sample): number the later ones, with a number that
-    no other image's key has (a.png becomes a_2 when there is an a_1.jpg)."""
+    """Images that would share a key (a.jpg, a.png) keep their own: later ones get an unused _N."""
     originals = {item.key for item in images}
     used: set[str] = set()
     result = []
@@ -155,7 +145,7 @@ _open_zips: dict[str, zipfile.ZipFile] = {}  # one handle per zip per process: w
 
 
 def load_image(item: InputImage, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The decoded image; ValueError for one over max_pixels, found from its header before decoding."""
+    """The decoded image; ValueError over max_pixels, checked from the header before decoding."""
     if item.member:
         archive = _open_zips.get(item.path)
         if archive is None:

@@ -1,25 +1,5 @@
-"""python -m distgan.data.prepare SRC OUT: CelebA (folder or zip) or any folder of images -> WebDataset shards.
-
-    python -m distgan.data.prepare ~/data/celeba /data/celeba64 --size 64 --split train
-    python -m distgan.data.prepare img_align_celeba.zip s3://bucket/celeba64-valid --split valid --format jpg
-
-Each image is made square and resized once, here, so the readers only decode:
-- EXIF orientation applied; 16-bit grayscale scaled to 8 bits; transparency flattened onto white; converted to
-  --channels (1: grayscale, 3: RGB).
-- Center crop of --crop x --crop px: left = (width - crop) // 2, top = (height - crop) // 2. For CelebA's aligned
-  178x218 faces the default is 140 (the face, little background); for other sources the default 0 means the
-  largest centered square. A crop larger than the image shrinks to its shorter side.
-- Resize to --size x --size with Pillow's bicubic filter (antialiased when shrinking).
-The inputs are shuffled once, with a fixed seed, before being cut into shards of --shard-size images, so a folder
-sorted by class or identity does not turn into single-class shards. --format raw (the default) stores the pixels as
-they are: 4-5x faster to read than png or jpg (docs/data.md has the numbers), 2-3x the bytes.
-
-OUT (a folder, or an fsspec URL: s3://, gs://, file://) receives shard-000000.tar, ... and, last, manifest.json.
-Shards are written under a temporary name (on a local disk: and synced) and renamed when complete, so no
-half-written shard ever looks whole. prepare.json, written first, records the settings: rerunning the same command
-resumes (the shards already there are read through and kept, a damaged one is written again), rerunning with other
-settings into the same OUT is refused. The data set is complete when manifest.json exists; point data.source at
-OUT.
+"""python -m distgan.data.prepare SRC OUT: CelebA (folder or zip) or any folder of images -> WebDataset shards,
+resized once so that the readers only decode.
 """
 
 from __future__ import annotations
@@ -88,7 +68,7 @@ def square_image(img: Image.Image, size: int, crop: int, channels: int) -> Image
 
 # --- one shard (runs in a worker process) -------------------------------------------------------------------------
 def write_one_shard(job: tuple[str, int, list[InputImage], Settings, int]) -> tuple[int, int, int, list[str]]:
-    """(shard index, images written, images planned, messages about the inputs that could not be read)."""
+    """(shard index, images written, images planned, messages on unreadable inputs)."""
     out, index, items, s, max_pixels = job
     samples, failures = [], []
     for item in items:
@@ -103,10 +83,8 @@ def write_one_shard(job: tuple[str, int, list[InputImage], Settings, int]) -> tu
 
 # --- the output folder: plan, resume ------------------------------------------------------------------------------
 def start_or_resume(out: str, settings: Settings) -> tuple[dict[int, int], bool]:
-    """({shard index: count} of the shards already written, whether the manifest is there too).
-
-    Writes prepare.json on a fresh start; refuses an OUT that holds shards from other settings or from elsewhere.
-    """
+    """({shard index: count} already written, whether manifest.json exists); writes prepare.json, or
+    refuses an OUT holding other settings' shards."""
     try:
         fs, path = fsspec.core.url_to_fs(out)
         fs.makedirs(path, exist_ok=True)
@@ -182,11 +160,11 @@ def plan_settings(args: argparse.Namespace, items: list[InputImage], kind: str, 
 
 
 def run_jobs(jobs: list, workers: int, total: int) -> list[tuple[int, int, int, list[str]]]:
-    """Writes the shards, in parallel over processes, with a progress bar (periodic log lines when not a terminal)."""
+    """Writes the shards over worker processes, with a progress bar (log lines when not a terminal)."""
     results = []
     bar = tqdm(total=total, unit="img", desc="prepare", disable=not sys.stderr.isatty())
     every = max(1, len(jobs) // 10)
-    # spawn, not fork: fsspec (s3, gs) keeps threads that a forked child would inherit half-alive
+    # spawn, not fork: fsspec's threads (s3, gs) would be inherited half-alive (docs/workarounds.md)
     pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else None
     try:
         done = pool.imap_unordered(write_one_shard, jobs) if pool else map(write_one_shard, jobs)

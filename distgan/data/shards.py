@@ -1,11 +1,4 @@
-"""The shard format: WebDataset tar shards and their manifest, written and read.
-
-A shard is a plain tar whose members are KEY.EXT (000001.jpg, 000001.png or 000001.raw); members that share a key
-form one sample, as in WebDataset, so any WebDataset reader can read these shards too. Each shard is written under
-a temporary name and renamed when complete, so a crash never leaves a half-written shard that looks whole.
-manifest.json records the count per shard, the total, image size, channels and format; the reader uses it for the
-epoch length. Works on local paths, file://, pipe: (reading) and fsspec URLs (s3://, gs://, ...).
-"""
+"""The shard format: plain tars of KEY.EXT members (WebDataset's) and manifest.json, written atomically and read."""
 
 from __future__ import annotations
 
@@ -48,8 +41,7 @@ class Manifest:
 
 
 def check_shard_name(name: str) -> str:
-    """A manifest names files inside its own folder: a name with a scheme, a pipe:, an absolute path or `..`
-    would point the readers elsewhere (or at a command), so it is refused."""
+    """Refuses a scheme, pipe:, absolute path or `..`: a manifest names files in its own folder."""
     parts = name.replace("\\", "/").split("/")
     if not name or ":" in name or name.startswith("/") or ".." in parts:
         raise DataSourceError(f"{MANIFEST}: shard name {name!r} is not a file in the manifest's folder (no scheme, "
@@ -85,10 +77,7 @@ def shard_name(index: int) -> str:
 
 # --- writing ------------------------------------------------------------------------------------------------------
 def tar_bytes(samples: Iterable[dict]) -> tuple[bytes, int]:
-    """A tar holding WebDataset sample dicts ({"__key__": "000001", "png": bytes, ...}); returns (tar, count).
-
-    Fixed mtime, owner and mode: the same samples always give the same bytes.
-    """
+    """(tar, count) of sample dicts; fixed mtime, owner and mode make the bytes reproducible."""
     buf = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -125,8 +114,7 @@ def write_shard(root: str, index: int, samples: Iterable[dict]) -> int:
 
 # --- reading ------------------------------------------------------------------------------------------------------
 def open_url(url: str):
-    """A binary stream: local paths and file:// directly, pipe:CMD through webdataset's gopen (which checks the
-    command's exit status on close), other schemes (s3://, gs://, http://, ...) through fsspec."""
+    """A binary stream: a path, file://, pipe:CMD (webdataset's gopen, exit status checked) or any fsspec URL."""
     if url.startswith("pipe:"):
         import webdataset as wds  # imports torch: only readers pay for it, never prepare's workers
 
@@ -139,15 +127,13 @@ def open_url(url: str):
 
 
 def split_member_name(name: str) -> tuple[Optional[str], str]:
-    """"dir/000001.seg.png" -> ("dir/000001", "seg.png"): WebDataset's rule (the key ends at the first dot of the
-    base name)."""
+    """"dir/000001.seg.png" -> ("dir/000001", "seg.png"): the key ends at the base name's first dot."""
     match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
     return (match.group(1), match.group(2).lower()) if match else (None, "")
 
 
 BLOCK = 512
-# the most bytes one tar member may hold (after gzip): the reader holds a member in memory, and a header can claim any
-# size. Shards hold images of at most 128 px (under 100 KB); anything this large is not one of them.
+# the most bytes a member may hold (a header can claim any size, the reader holds it in memory); images are < 100 KB
 MAX_MEMBER_BYTES = 16 << 20
 
 
@@ -175,13 +161,8 @@ def pax_path(records: bytes) -> Optional[str]:
 
 
 def tar_members(stream) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file in an uncompressed tar stream: ustar, pax and GNU long names.
-
-    A small reader of its own rather than tarfile: tarfile's stream mode costs ~50 us per member (the reader's
-    limit for small images) and ends quietly at a truncated or garbled header, which would make a cut-off shard
-    look whole. Here every header's checksum is checked, and a stream that stops before the end-of-archive
-    block raises tarfile.ReadError.
-    """
+    """(name, data) of each file of an uncompressed tar; checks every header, raises tarfile.ReadError at a short
+    stream (docs/workarounds.md)."""
     long_name: Optional[str] = None
     while True:
         header = read_exact(stream, BLOCK)
@@ -215,12 +196,7 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
 
 
 def iter_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
-    """The samples of one shard, in order: {"__key__", "__url__", EXT: bytes, ...}.
-
-    A shard that cannot be opened, is truncated or corrupt ends where the damage starts: the samples before it are
-    yielded, one whose member is cut short is dropped, and on_error gets one message naming the shard. A member
-    without an extension is reported and skipped. .tar.gz / .tgz shards are decompressed on the fly.
-    """
+    """A shard's samples in order ({"__key__", "__url__", EXT: bytes}); damage ends it, with one on_error message."""
     try:
         stream = open_url(url)
     except Exception as exc:
@@ -258,5 +234,5 @@ def iter_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
 
 
 def count_samples(url: str, on_error: Callable[[str], None] = lambda message: None) -> int:
-    """Samples in one shard (reads it through; used where no manifest gives the count)."""
+    """Samples in one shard, by reading it through."""
     return sum(1 for _ in iter_samples(url, on_error))

@@ -1,8 +1,4 @@
-"""Turn data.source into a list of shard URLs: "demo", a shard folder or manifest.json, or brace-expanded URLs.
-
-Every way a source can be wrong (missing, empty, unreadable, written for another image size) ends here as a
-DataSourceError with a one-line message, which the command-line entry points print as "error: ..." with exit 2.
-"""
+"""data.source -> shard URLs; a wrong source of any kind ends here, as a one-line DataSourceError."""
 
 from __future__ import annotations
 
@@ -18,21 +14,21 @@ from distgan.data.shards import MANIFEST, Manifest, count_samples, read_manifest
 
 
 def is_manifest_source(source: str) -> bool:
-    """A folder or manifest.json (rather than shard URLs): no brace pattern, not a .tar, not pipe:."""
+    """A folder or manifest.json, not shard URLs: no brace pattern, not a .tar, not pipe:."""
     if source.startswith("pipe:"):
         return False
     return source.endswith(".json") or ("{" not in source and not source.endswith((".tar", ".tar.gz", ".tgz")))
 
 
 def manifest_folder(source: str) -> str:
-    """The folder of a manifest source: the source itself, or the folder of a .../manifest.json."""
+    """The folder of a manifest source: itself, or the folder of a .../manifest.json."""
     if not source.endswith(".json"):
         return source
     return source.rsplit("/", 1)[0] if "/" in source else "."
 
 
 def resolve_source(source: str, what: str = "data.source") -> tuple[list[str], Optional[Manifest]]:
-    """(shard URLs, the manifest when there is one) for a shard folder, a manifest.json or brace-expanded URLs."""
+    """(shard URLs, manifest or None) for a shard folder, manifest.json or brace-expanded URLs."""
     if source.startswith("pipe:"):
         return list(braceexpand.braceexpand(source)), None  # commands: nothing to check before running them
     manifest = None
@@ -62,7 +58,7 @@ def resolve_source(source: str, what: str = "data.source") -> tuple[list[str], O
 
 
 def check_manifest(manifest: Manifest, image_size: int, channels: int, what: str = "data.source") -> None:
-    """Shards written for another resolution would make every sample a bad one: say so once, up front."""
+    """Shards of another resolution would make every sample bad: one error, up front."""
     if manifest.image_size != image_size:
         raise DataSourceError(f"{what}: shards hold {manifest.image_size} px images, model.image_size is {image_size}")
     if manifest.format == "raw" and manifest.channels != channels:
@@ -82,7 +78,7 @@ def resolve_shards(cfg: Config) -> list[str]:
 
 
 def shard_counts(urls: list[str], manifest: Optional[Manifest]) -> list[int]:
-    """Samples per shard: from the manifest, or by reading each shard through when there is none."""
+    """Samples per shard: the manifest's, or counted by reading each shard through."""
     if manifest is not None:
         return manifest.counts()
     return [count_samples(url) for url in urls]

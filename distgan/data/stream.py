@@ -1,20 +1,5 @@
-"""Training reader: WebDataset tar shards -> batches of uint8 images, split over ranks and loader workers.
-
-How the data is split (rank and world size are passed in explicitly, never read from torch.distributed inside a
-loader worker, where a spawned worker cannot see it; docs/design.md, section 2):
-- "units" are (rank, loader worker) pairs. Each epoch, the shard list is permuted with a seed shared by all ranks
-  and shard i goes to unit i % units, so within an epoch no two units read the same shard. With fewer shards
-  than units every unit reads every shard and keeps the samples whose index % units is its own.
-- The training stream is resampled: each unit runs through its epochs forever, so every rank can take the same
-  number of batches and DDP never waits for a rank that ran dry. The loop decides how many batches make an epoch
-  (manifest total // global batch, if it wants epochs at all). For evaluation, where every image must be seen
-  exactly once, use distgan.data.validation instead.
-- Order inside a unit: a shuffle buffer seeded by (seed, epoch, rank, worker), flushed at the end of each epoch,
-  so a position (epoch, samples read) replays exactly: resume skips to it without decoding what it skips.
-- Bad data (corrupt image, wrong size, not an image, broken or truncated tar, unreadable URL) is skipped, counted
-  and warned about with the shard's name; the count travels with every batch so the loop can log it. A unit that
-  finds nothing readable for as many epochs in a row as there are shards raises DataSourceError instead of
-  spinning forever.
+"""Training reader: shards -> uint8 batches per (rank, loader worker), endless so that DDP never waits
+(docs/data.md).
 """
 
 from __future__ import annotations
@@ -61,21 +46,18 @@ def stack_batch(images: list[np.ndarray]) -> torch.Tensor:
 
 
 def to_model_range(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 travels to the device; the conversion to float in [-1, 1] happens there, where it is cheap."""
+    """uint8 to the device, then float in [-1, 1] there, where converting is cheap."""
     return images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
 def worker_error_message(exc: DataSourceError) -> str:
-    """A DataLoader re-raises a worker's exception with the worker's traceback as its message: keep the last line."""
+    """The last line of a worker's exception as the DataLoader re-raises it (docs/workarounds.md)."""
     last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     return last.split(f"{type(exc).__name__}: ", 1)[-1]
 
 
 class ShardStream(IterableDataset):
-    """Yields (images uint8 (B, C, H, W), meta) where meta says where the producing unit stands.
-
-    with_keys=True adds meta["keys"] (each image's sample key) and meta["epochs"] (the unit epoch it came from).
-    """
+    """Yields (uint8 images (B, C, H, W), meta: the unit's position; keys and epochs with with_keys)."""
 
     def __init__(
         self,
@@ -106,7 +88,7 @@ class ShardStream(IterableDataset):
 
     # --- which samples a unit reads ---------------------------------------------------------------------------
     def _unit_shards(self, epoch: int, unit: int) -> tuple[list[str], Optional[int]]:
-        """(shards, modulo-filter) for a unit in an epoch; the filter is set when shards < units."""
+        """(shards, modulo filter or None) of a unit in an epoch; the filter when shards < units."""
         units = self.world_size * self.num_workers
         order = list(self.urls)
         random.Random(f"{self.seed}-shards-{epoch}").shuffle(order)
@@ -138,8 +120,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         physical, n = (info.id, info.num_workers) if info else (0, 1)
         assert n == self.num_workers, "num_workers must match the DataLoader's"
-        # After b batches, the DataLoader's next batch comes from worker 0; rotate roles so that worker 0 plays
-        # the logical worker whose turn it is (batches are taken round-robin in worker order).
+        # after b batches the DataLoader's next comes from worker 0 (round-robin): it plays the worker whose turn it is
         worker = (physical + self.state.get("batches", 0)) % n
         unit = self.rank * n + worker
         epoch, pos = self.state.get("workers", {}).get(worker, (0, 0))
@@ -189,26 +170,20 @@ class ShardStream(IterableDataset):
 
 
 def loader_workers(requested: int, cpus: float) -> int:
-    """data.num_workers, or with -1: the rank's cores minus 2 (the training process and the copy to the device),
-    at most 8: 0 (decode in the training process) on a 2-core machine or a 1-CPU Ray worker, 5 on a GPU worker with
-    7 CPUs. distgan.bench shows whether the loader keeps up (docs/benchmarks.md). Resuming exactly needs the same
-    count: with -1 the training loop keeps a checkpoint's (engine/loop.py, loader_workers_for_resume)."""
+    """data.num_workers; -1: the rank's cores minus 2, at most 8."""
     return requested if requested >= 0 else max(0, min(8, int(cpus) - 2))
 
 
 def leave_ctrl_c_to_the_trainer(worker_id: int) -> None:
-    """A loader worker ignores SIGINT: the training process stops it when it stops itself, after its final
-    checkpoint. (A Ctrl-C reaches the terminal's whole process group, and forked workers inherit the trainer's
-    handler, which would log the stop once per worker.) SIGTERM keeps torch's worker handler, by which the trainer
-    ends a worker stuck in a read."""
+    """A loader worker ignores SIGINT: the trainer stops it after its final checkpoint (docs/workarounds.md)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class RealBatches:
-    """The training loop's view: next() gives a float batch in [-1, 1] on the device; state() is resumable."""
+    """The loop's view: calling it gives a float batch in [-1, 1] on the device; `state` is resumable."""
 
     def __init__(self, stream: ShardStream, num_workers: int, device: torch.device, key_log: Optional[Path] = None):
-        """key_log: append every sample key this rank trains on to this file (a debugging aid: data.record_keys)."""
+        """key_log: a file to append every sample key this rank trains on (data.record_keys)."""
         self.device = device
         self.key_log = key_log
         if key_log is not None:
@@ -239,7 +214,7 @@ class RealBatches:
             images, meta = next(self._it)
         except DataSourceError as exc:
             message = worker_error_message(exc)
-            exc.__traceback__ = None  # torch's re-raise leaves a reference cycle that delays worker shutdown by 10 s
+            exc.__traceback__ = None  # breaks the cycle of torch's re-raise (docs/workarounds.md)
             raise type(exc)(message) from None  # UnusableData stays itself: a retry would repeat it
         w = int(meta["worker"])
         self.state["batches"] += 1

@@ -1,17 +1,4 @@
-"""Evaluation reader: every image exactly once over all ranks and loader workers, the same batch count on every rank.
-
-The training stream is resampled and endless; evaluation (FID statistics, a validation loss) needs each image
-exactly once, and DDP needs every rank to run the same number of batches, or a collective inside the loop waits
-forever for the rank that ran out. Both follow from the per-shard counts (the manifest's, or counted once):
-- The images, numbered in shard order, are cut into world_size contiguous ranges that differ by at most one image.
-- Every rank yields ceil(ceil(total / world_size) / batch_size) batches, all of batch_size images: the last ones
-  are padded with black images, and meta["valid"] says how many images at the front are real. Use
-  images[:valid]; a rank with nothing left still yields its padded batches, so collectives stay in step.
-- Within a rank, loader worker w gets a contiguous block of the rank's batches and reads only the shards that
-  block touches, skipping (not decoding) the samples before it.
-- A sample that fails to decode, or is missing because its shard is short or truncated, is padding too: it is
-  counted in that batch's meta["bad"] and warned about with the shard's name; the batch count never changes.
-"""
+"""Evaluation reader: each image once over ranks and loader workers, equal batch counts so collectives stay in step."""
 
 from __future__ import annotations
 
@@ -34,8 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class ValidationStream(IterableDataset):
-    """Yields (images uint8 (batch_size, C, H, W), meta) with meta["valid"], meta["bad"] (and meta["keys"] of the
-    valid images with with_keys=True). len() is the number of batches per rank, the same on every rank."""
+    """Yields (uint8 images (batch_size, C, H, W), meta "valid", "bad", "keys"); len(): batches per rank."""
 
     def __init__(
         self,
@@ -98,7 +84,7 @@ class ValidationStream(IterableDataset):
             images, keys, current = [], [], current + 1
 
     def _numbered_samples(self, lo: int, hi: int) -> Iterator[tuple[int, dict]]:
-        """(image number, sample) for the numbers in [lo, hi), reading only the shards that hold them."""
+        """(image number, sample) for numbers in [lo, hi), reading only the shards holding them."""
         if lo >= hi:
             return
         for s in range(bisect.bisect_right(self.starts, lo) - 1, len(self.urls)):
@@ -119,8 +105,7 @@ class ValidationStream(IterableDataset):
                 log.warning("%s ends after %d of its %d samples", url, seen, count)
 
     def _batch(self, index: int, images: list[np.ndarray], keys: list[str]) -> tuple[torch.Tensor, dict]:
-        """Batch number index of this rank, padded to batch_size with black images. meta["bad"] counts the images
-        this batch should have held but could not (undecodable, or missing from a short shard)."""
+        """Batch `index`, padded with black images; meta["bad"] counts the images it should have held."""
         batch = torch.zeros(self.batch_size, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         if images:
             batch[: len(images)] = stack_batch(images)
@@ -133,7 +118,7 @@ class ValidationStream(IterableDataset):
 
 def validation_batches(stream: ValidationStream, num_workers: int = 0, device: Optional[torch.device] = None,
                        multiprocessing_context: Optional[str] = None) -> Iterator[tuple[torch.Tensor, int]]:
-    """(float images in [-1, 1] on the device, valid count) for each of the rank's len(stream) batches."""
+    """(float images in [-1, 1] on the device, valid count) per batch of the rank."""
     device = device or torch.device("cpu")
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
                         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,

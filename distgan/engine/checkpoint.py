@@ -1,16 +1,5 @@
-"""The checkpoint format, in one place: the full training payload, every rank's own state, the generator export,
-and crash-safe files. Launchers decide only WHERE payloads go (distgan/launch/); what is in them is decided here.
-
-Full checkpoint (a dict saved with torch.save; docs/design.md has the table):
-    format "distgan-checkpoint", version, step, config (the resolved config as a dict),
-    state: G, D, G_ema, opt_g, opt_d, noise (the latent/alpha RNG), step, critic_steps, images_seen, rollbacks, best,
-    ranks: one dict per rank: data_state (the rank's stream position), torch_rng (dropout masks), cuda_rng,
-    metrics: what was reported with it (optional: a run resumed at its last step reports them again).
-Generator export (small; what distgan.sample and distgan.evaluate load, as EDM's network snapshots):
-    format "distgan-generator", version, step, model (the model config), config (the whole resolved config),
-    G_ema (its state dict), metrics.
-Either file is accepted wherever a generator is needed.
-"""
+"""Checkpoints and generator exports, and their crash-safe files: what payloads hold (docs/design.md section 3);
+launchers decide only where they go."""
 
 from __future__ import annotations
 
@@ -44,8 +33,7 @@ CHECKPOINT_FILE = "checkpoint.pt"  # in Ray Train's checkpoint_<step>/ folders (
 # --- the payloads -------------------------------------------------------------------------------------------------
 def build_payload(state: TrainState, cfg: Config, ranks: list[dict[str, Any]],
                   metrics: Optional[dict[str, float]] = None) -> dict[str, Any]:
-    """ranks: every rank's state_for_rank(), gathered (the caller does the collective); metrics: those reported with
-    this checkpoint."""
+    """A full checkpoint; ranks: every rank's rank_state()."""
     return {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": state.step, "config": stored_dict(cfg),
             "state": state.state_dict(), "ranks": ranks, "metrics": dict(metrics or {})}
 
@@ -66,11 +54,10 @@ ARCHITECTURE_KEYS = ("z_dim", "width", "image_size", "channels")
 
 
 def check_same_model(payload: dict[str, Any], cfg: Config) -> None:
-    """A UserError naming the model keys in which cfg differs from the checkpoint's run, instead of load_state_dict's
-    traceback. critic_dropout counts only as zero or not (a Dropout module shifts the critic's layer numbers)."""
+    """A UserError naming the model keys that differ from the checkpoint's, not load_state_dict's traceback."""
     saved, now = payload["config"]["model"], to_dict(cfg)["model"]
     differ = [key for key in ARCHITECTURE_KEYS if saved.get(key) != now[key]]
-    if (saved.get("critic_dropout", 0) > 0) != (now["critic_dropout"] > 0):
+    if (saved.get("critic_dropout", 0) > 0) != (now["critic_dropout"] > 0):  # a Dropout shifts the layer numbers
         differ.append("critic_dropout")
     if differ:
         said = ", ".join(f"model.{key}={now[key]} (the run's: {saved.get(key)})" for key in differ)
@@ -79,8 +66,7 @@ def check_same_model(payload: dict[str, Any], cfg: Config) -> None:
 
 
 def restore(state: TrainState, payload: dict[str, Any], dist: Dist, with_rank_state: bool = True) -> bool:
-    """Load a checkpoint into state. Each rank takes its own data position and RNGs when the world size matches;
-    returns whether it did (with another world size the streams are re-seeded from the step instead)."""
+    """Load a checkpoint into state, and each rank's own state if the world size matches (returned)."""
     state.load_state_dict(payload["state"])
     ranks = payload["ranks"]
     if not with_rank_state or len(ranks) != dist.world_size:
@@ -98,12 +84,12 @@ def generator_export(state: TrainState, cfg: Config, metrics: Optional[dict[str,
 
 # --- crash-safe files ---------------------------------------------------------------------------------------------
 def write_atomic(path: Path, payload: Any) -> None:
-    """torch.save, crash-safe (run_folder.write_durably: the final name holds the old file or the whole new one)."""
+    """torch.save, crash-safe: the final name holds the old file or the whole new one."""
     write_durably(path, lambda f: torch.save(payload, f), tmp_suffix=TMP_SUFFIX)
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Temporary files of writers that were killed mid-write (only ever left behind by a crash)."""
+    """Delete (and return) temporaries of writers killed mid-write."""
     stale = [p for p in directory.glob(f".*{TMP_SUFFIX}") if p.is_file()] if directory.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
@@ -111,7 +97,7 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 
 def read_file(location: str | Path) -> Any:
-    """load_trusted of a local path or an fsspec URL (s3://, gs://): never unpickles code."""
+    """load_trusted of a local path or an fsspec URL: never unpickles code."""
     location = str(location)
     if "://" in location and not location.startswith("file://"):
         import fsspec
@@ -129,9 +115,8 @@ def decode_payload(data: bytes, name: str) -> dict[str, Any]:
 
 
 def read_newest(candidates: list[tuple[int, str, Callable[[], bytes]]]) -> tuple[Optional[int], Optional[dict]]:
-    """(step, payload) of the newest of (step, name, fetch) candidates that reads back whole and checks: a corrupt
-    one (cut short, garbled) is reported and the one before it tried. Storage that stays away (StorageUnreachable)
-    and a file that holds code (UnsafeFile) end the search: neither makes an older checkpoint the right one."""
+    """(step, payload) of the newest candidate that reads back whole, skipping corrupt ones; an unreachable store
+    or unsafe file ends the search instead."""
     for step, name, fetch in candidates:
         try:
             return step, decode_payload(fetch(), name)
@@ -143,7 +128,7 @@ def read_newest(candidates: list[tuple[int, str, Callable[[], bytes]]]) -> tuple
 
 
 def numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
-    """(step, path) of the files in directory whose name matches pattern, oldest first."""
+    """(step, path) of directory's files matching pattern, oldest first."""
     if not directory.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := pattern.match(p.name)))
@@ -151,12 +136,11 @@ def numbered(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
 
 # --- the local store (run.mode=local, and any shared path) --------------------------------------------------------
 class FolderCheckpoints:
-    """ckpt-<step>.pt files in one folder: written atomically by rank 0, the newest `keep` kept, and best.pt.
-    load_latest() skips unreadable files, newest first, and says so."""
+    """ckpt-<step>.pt files in one folder, written by rank 0; the newest `keep` kept, and best.pt."""
 
     def __init__(self, directory: str | Path, keep: int, dist: Optional[Dist] = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S):
-        """timeout_s: how long a read waits out an I/O error (run.storage_timeout_s: a network file system)."""
+        """timeout_s: how long a read waits out I/O errors (run.storage_timeout_s)."""
         self.directory, self.keep, self.dist, self.timeout_s = Path(directory), keep, dist or Dist(), timeout_s
         if self.dist.is_main:
             for p in remove_stale_temporaries(self.directory):
@@ -187,14 +171,13 @@ class FolderCheckpoints:
         prune(numbered(self.directory, PATTERN), self.keep)
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
-        """best.pt: the checkpoint with the best evaluation, kept besides the newest `keep`."""
+        """best.pt: the best-evaluated checkpoint, kept besides the newest `keep`."""
         if self.dist.is_main:
             write_atomic(self.directory / BEST_FILE, payload)
 
 
 def refuse_another_modes_run(run_dir: str, mode: str, layouts: dict[str, str]) -> None:
-    """Each run.mode resumes only its own checkpoints (layouts: {mode: glob}): in a run folder that another mode
-    wrote it would start again from step 0, over that run's exports and samples. One line instead."""
+    """A UserError for a run folder another run.mode wrote: this one would restart it from step 0."""
     folder = RunFolder(str(run_dir))
     if folder.glob(layouts[mode]):
         return
@@ -225,8 +208,7 @@ def write_export(directory: Path, export: dict[str, Any], keep: int, best: bool 
 
 
 def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any]]:
-    """A generator (eval mode, on the CPU) and its file's facts (step, metrics, the run's config as a dict, the model
-    config) from a generator export or a full checkpoint (ema=False takes the raw generator: full checkpoints only)."""
+    """A generator (eval mode, CPU) and its file's facts, from an export or a checkpoint (ema=False: raw G)."""
     try:
         data = read_file(location)
     except FileNotFoundError:
@@ -260,7 +242,7 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
 
 
 def find_generators(location: str | Path) -> list[str]:
-    """[a file] as it is; for a run folder (a path or a URL), its generator exports, newest first."""
+    """[a file] as it is; for a run folder, its generator exports, newest first."""
     import fsspec
 
     location = str(location)
@@ -279,9 +261,7 @@ def find_generators(location: str | Path) -> list[str]:
 
 
 def load_newest_generator(location: str | Path, ema: bool = True) -> tuple[Generator, dict[str, Any], str]:
-    """load_generator of a file, or of a run folder's newest readable export: an unreadable newest one (a copy cut
-    short) is reported and the one before it used, as for checkpoints; any other error is the answer. Returns
-    (generator, facts, its file)."""
+    """(generator, facts, file) of a file, or of a run folder's newest readable export."""
     candidates = find_generators(location)
     for i, candidate in enumerate(candidates):
         try:

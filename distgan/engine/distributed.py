@@ -1,13 +1,5 @@
-"""The distributed edge of the math: rank, world size and the all-reduces, on plain torch.distributed.
-
-We do not wrap the networks in DistributedDataParallel. WGAN-GP needs a double backward (the penalty) and a
-generator step that runs through the critic with the critic's gradients unwanted; both are known DDP traps
-(docs/design.md, "Distributed traps": unused-parameter reduction errors, static_graph silently skipping the
-all-reduce). Instead,
-as NVlabs/stylegan3 does, each network's gradients are flattened and summed by hand after its one backward (each
-rank's loss carries its share of the batch as a weight).
-tests/test_equivalence.py proves N ranks then equal one process.
-"""
+"""Rank, world size and all-reduces on plain torch.distributed, without DDP, whose traps the penalty and the
+frozen-critic generator step fall into (docs/design.md section 2)."""
 
 from __future__ import annotations
 
@@ -19,8 +11,7 @@ from torch import nn
 
 
 def split(total: int, rank: int, world_size: int) -> tuple[int, int]:
-    """(first index, count) of rank's share of `total` samples: as equal as can be, the first total % world_size
-    ranks one more (64 over 3 ranks: 22, 21, 21). Rows of the global batch, in rank order."""
+    """(first index, count) of rank's rows of `total`: the first total % world_size ranks take one more."""
     base, extra = divmod(total, world_size)
     count = base + (1 if rank < extra else 0)
     start = rank * base + min(rank, extra)
@@ -28,7 +19,7 @@ def split(total: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 class ReplicaMismatch(RuntimeError):
-    """The ranks' copies of a network are no longer identical (a bug, or a missing all-reduce)."""
+    """The ranks' copies of a network differ (a bug, or a missing all-reduce)."""
 
 
 @dataclass
@@ -47,16 +38,13 @@ class Dist:
 
     @staticmethod
     def from_process_group() -> "Dist":
-        """Rank and world size of the initialized default process group (one process: rank 0 of 1)."""
+        """Rank and world size of the default process group (none: rank 0 of 1)."""
         if torch_dist.is_available() and torch_dist.is_initialized():
             return Dist(torch_dist.get_rank(), torch_dist.get_world_size())
         return Dist(0, 1)
 
     def sum_grads(self, module: nn.Module) -> None:
-        """Replace every gradient by its sum over ranks: one all-reduce of a flat buffer per network. Each rank
-        back-propagates its loss times its share of the global batch (count / global batch), so the sum is the
-        gradient of the mean over the whole batch, also with uneven shares and through synchronized BatchNorm,
-        whose statistics carry gradient between ranks (a weight applied after backward would miss those paths)."""
+        """Each gradient replaced by its sum over ranks (one all-reduce); losses carry each rank's batch share."""
         if not self.active or not self.sync_grads:
             return
         params = [p for p in module.parameters() if p.grad is not None]
@@ -71,14 +59,14 @@ class Dist:
             offset += n
 
     def broadcast_module(self, module: nn.Module) -> None:
-        """Rank 0's parameters and buffers everywhere, so every replica starts identical."""
+        """Rank 0's parameters and buffers everywhere: replicas start identical."""
         if not self.active:
             return
         for tensor in list(module.parameters()) + list(module.buffers()):
             torch_dist.broadcast(tensor.data, src=0)
 
     def mean(self, values: dict[str, torch.Tensor], weight: float) -> dict[str, float]:
-        """Average scalar tensors over ranks, each weighted by its share of the batch (one all-reduce); floats."""
+        """Scalars averaged over ranks, weighted by batch share (one all-reduce), as floats."""
         keys = sorted(values)
         if not keys:
             return {}
@@ -89,13 +77,13 @@ class Dist:
         return dict(zip(keys, stacked.cpu().tolist()))
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """In place: the tensor's sum over ranks (float64 statistics stay float64)."""
+        """In place: the tensor's sum over ranks."""
         if self.active:
             torch_dist.all_reduce(tensor)
         return tensor
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Every rank's rows (N_r, ...), concatenated in rank order on every rank; N_r may differ between ranks."""
+        """Every rank's rows, concatenated in rank order on every rank; row counts may differ."""
         if not self.active:
             return rows
         counts = torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device)
@@ -109,7 +97,7 @@ class Dist:
         return torch.cat([p[: int(c.item())] for p, c in zip(parts, all_counts)])
 
     def broadcast_object(self, obj):
-        """Rank 0's Python object on every rank (small objects only)."""
+        """Rank 0's small Python object on every rank."""
         if not self.active:
             return obj
         holder = [obj]
@@ -124,7 +112,7 @@ class Dist:
         return int(t.item())
 
     def gather(self, obj):
-        """A list with every rank's object (small Python objects only)."""
+        """Every rank's small Python object, as a list."""
         if not self.active:
             return [obj]
         out = [None] * self.world_size
@@ -132,17 +120,14 @@ class Dist:
         return out
 
     def broadcast_buffers(self, *modules: nn.Module) -> None:
-        """Rank 0's buffers everywhere. Without sync BN each rank's BatchNorm running statistics come from its own
-        batches; what is evaluated and saved must be one generator, as DDP's broadcast_buffers makes it."""
+        """Rank 0's buffers everywhere: without sync BN, ranks' running statistics differ."""
         if self.active:
             for module in modules:
                 for buffer in module.buffers():
                     torch_dist.broadcast(buffer.data, src=0)
 
     def check_identical(self, modules: dict[str, nn.Module]) -> None:
-        """Every rank's parameters and buffers must equal rank 0's, bit for bit (as NVlabs/stylegan3 checks before
-        it saves): replicas that drifted apart would write a checkpoint that belongs to no rank. Raises
-        ReplicaMismatch on every rank, naming the first tensor that differs."""
+        """ReplicaMismatch on every rank unless all tensors equal rank 0's bit for bit: drifted replicas go unsaved."""
         if not self.active:
             return
         differs = []

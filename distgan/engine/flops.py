@@ -1,11 +1,4 @@
-"""Model FLOPs of a training step, counted (torch.utils.flop_counter), and model FLOPs utilization (MFU).
-
-The count covers what one rank executes in one generator step: n_critic critic updates (generator forward,
-critic forward on real and fake, the penalty's forward, input gradient and its double backward, the critic's
-backward) and the generator update; convolutions and matmuls, as FlopCounterMode counts them. MFU divides
-counted FLOPs per second by the device's dense peak for the precision the step runs in. Peaks are known for a
-few devices only (vendor datasheets, dense; SXM, NVL and PCIe parts); elsewhere perf/mfu is not logged.
-"""
+"""Model FLOPs of one rank's generator step, counted op by op, and MFU against the device's dense peak."""
 
 from __future__ import annotations
 
@@ -15,8 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-# TFLOP/s, dense: (bf16, tf32, fp32 without tensor cores), by a part of the name torch.cuda.get_device_name gives;
-# the first match counts, so the NVL and PCIe parts (lower clocks and power) come before their SXM namesakes
+# dense TFLOP/s (bf16, tf32, fp32) by device-name part; the first match counts, so NVL and PCIe precede SXM
 PEAKS = (
     ("H100 NVL", (835.0, 417.0, 60.0)),
     ("H100 PCIe", (756.0, 378.0, 51.0)),
@@ -28,7 +20,7 @@ PEAKS = (
 
 
 def peak_of(name: str, bf16: bool, tf32: bool) -> Optional[float]:
-    """FLOP/s of the GPU so named at the step's precision, or None where its peak is not in PEAKS."""
+    """FLOP/s of the GPU so named at the step's precision, or None."""
     for key, (p_bf16, p_tf32, p_fp32) in PEAKS:
         if key in name:
             return 1e12 * (p_bf16 if bf16 else p_tf32 if tf32 else p_fp32)
@@ -36,15 +28,14 @@ def peak_of(name: str, bf16: bool, tf32: bool) -> Optional[float]:
 
 
 def peak_flops(device: torch.device, bf16: bool, tf32: bool) -> Optional[float]:
-    """FLOP/s of the device at the step's precision, or None where the peak is not known (a CPU, other GPUs)."""
+    """FLOP/s of the device at the step's precision, or None where unknown."""
     if device.type != "cuda":
         return None
     return peak_of(torch.cuda.get_device_name(device), bf16, tf32)
 
 
 class _FlopCounter(TorchDispatchMode):
-    """torch.utils.flop_counter's per-op formulas, without FlopCounterMode's module tracker: its backward hooks
-    fail inside torch.autograd.grad, which the gradient penalty calls."""
+    """torch's per-op FLOP formulas without FlopCounterMode's module tracker, which fails in the penalty."""
 
     def __init__(self):
         super().__init__()
@@ -60,14 +51,14 @@ class _FlopCounter(TorchDispatchMode):
 
 
 def count_flops(run: Callable[[], object]) -> int:
-    """FLOPs of whatever run() executes (eagerly), counted op by op."""
+    """FLOPs of what run() executes eagerly."""
     with _FlopCounter() as counter:
         run()
     return int(counter.total)
 
 
 def count_step_flops(state, run_step: Callable[[], object]) -> int:
-    """count_flops of one training step, run eagerly: compiled graphs hide their ops from the counter."""
+    """count_flops of one step, run eagerly: compiled graphs hide their ops."""
     compiled = state.G_compiled, state.D_compiled
     state.G_compiled = state.D_compiled = None
     try:

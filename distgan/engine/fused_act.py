@@ -1,13 +1,5 @@
-"""LeakyReLU and dropout as one elementwise gain, in the pattern of StyleGAN2's bias_act: one kernel per pass.
-
-y = x * gain, gain = (x > 0 ? 1 : slope) * keep / (1 - p), keep ~ Bernoulli(1 - p) per element. The gain is
-piecewise constant in x, so dy/dx = gain wherever it exists, and the backward (dx = dy * gain) is linear in dy:
-its own backward is the same multiplication. The penalty's double backward therefore runs the same kernel again
-and never materializes the zero input-gradient that leaky_relu_backward's derivative would (docs/benchmarks.md).
-The forward stores one byte per element (the gain's code: 0 dropped, 1 positive, 2 negative), not x.
-
-Triton on CUDA (and on the CPU under TRITON_INTERPRET=1, for the tests); speed.fused_activations picks it.
-"""
+"""LeakyReLU then dropout as one elementwise gain in Triton (speed.fused_activations): the gain is piecewise
+constant, so the backward and double backward rerun one kernel."""
 
 from __future__ import annotations
 
@@ -22,14 +14,14 @@ DROPPED, POSITIVE, NEGATIVE = 0, 1, 2
 
 @functools.cache
 def kernels():
-    """The two Triton kernels, built on first use (TRITON_INTERPRET is read when they are defined)."""
+    """The two Triton kernels, built on first use (when TRITON_INTERPRET is read)."""
     import triton
     import triton.language as tl
 
     @triton.jit
     def forward_kernel(x_ptr, y_ptr, code_ptr, seed_ptr, n, slope: tl.constexpr, p: tl.constexpr,
                        scale: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
-        # slope, p, scale as constants: exact in float64 (a float argument would be float32); few values in a run
+        # slope, p, scale as constants: a float argument would be float32
         offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         inside = offsets < n
         acc = tl.float64 if WIDE else tl.float32  # bf16 and fp16 computed in fp32
@@ -65,19 +57,19 @@ def grid(n: int):
 
 
 def dropout_seed(device: torch.device) -> torch.Tensor:
-    """A seed drawn on the device from torch's generator (no host sync, graph-safe, saved with the RNG state)."""
+    """A seed drawn on the device from torch's generator: no host sync, graph-safe."""
     return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
 
 
 def dense(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t laid out as `like` (contiguous, or channels_last): the kernels walk the storage, so both must agree."""
+    """t laid out as `like`: the kernels walk the storage."""
     if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
         return t.contiguous(memory_format=torch.channels_last)
     return t.contiguous()
 
 
 class ScaleByGain(torch.autograd.Function):
-    """v * gain(code): the backward of LeakyDropout, and its own backward (a diagonal linear map)."""
+    """v * gain(code): LeakyDropout's backward, and its own."""
 
     @staticmethod
     def forward(ctx, v, code, slope, scale):
@@ -118,8 +110,7 @@ class LeakyDropout(torch.autograd.Function):
 
 def leaky_dropout(x: torch.Tensor, slope: float = 0.2, p: float = 0.0, seed: torch.Tensor | None = None,
                   return_code: bool = False):
-    """LeakyReLU(slope) then dropout(p) (training), fused; seed: a (1,) int64 tensor on x's device (drawn from
-    torch's generator when None and p > 0)."""
+    """LeakyReLU(slope) then dropout(p), fused; seed: a (1,) int64 device tensor, drawn when None."""
     if p > 0 and seed is None:
         seed = dropout_seed(x.device)
     y, code = LeakyDropout.apply(x, slope, p, seed)
@@ -127,8 +118,7 @@ def leaky_dropout(x: torch.Tensor, slope: float = 0.2, p: float = 0.0, seed: tor
 
 
 class FusedLeakyDropout(nn.Module):
-    """Stands in for a LeakyReLU (followed by the Dropout it absorbs, which becomes an Identity: the state dict's
-    layout stays the same). Dropout applies in training mode only, as nn.Dropout's does."""
+    """A LeakyReLU and the Dropout it absorbs, which becomes an Identity (same state dict)."""
 
     def __init__(self, slope: float, p: float = 0.0):
         super().__init__()
@@ -142,8 +132,7 @@ class FusedLeakyDropout(nn.Module):
 
 
 def use_fused_activations(module: nn.Module) -> nn.Module:
-    """Every LeakyReLU of a Sequential (with the Dropout right after it, if any) replaced in place by one
-    FusedLeakyDropout; returns the module."""
+    """Every LeakyReLU of a Sequential (and its Dropout) replaced in place by a FusedLeakyDropout."""
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         children = list(seq)
         for i, layer in enumerate(children):

@@ -1,13 +1,5 @@
-"""The whole generator step on static buffers, captured as one CUDA graph and replayed (speed.cuda_graph).
-
-At batch 512 an H100 waits for the host that issues the step's ~800 kernels (docs/benchmarks.md); a replay issues
-them with one launch. The step is engine/step.py's train_step unchanged: real batches are copied into static
-buffers first, latents and alphas are drawn on the device from the run's own generator (registered with the
-graph, so each replay draws anew), Adam keeps its step count on the device (capturable), and the gradient
-all-reduces are captured with the rest. The metrics come back as the graph's static outputs: the NaN watch and
-the sums read them with no host sync. The lazy penalty makes the step differ from one critic-step phase to the next:
-one graph per phase. On the CPU the same path runs eagerly (tests/test_graph_step.py: bitwise the normal step).
-"""
+"""train_step on static buffers, captured as one CUDA graph and replayed (speed.cuda_graph): one launch for the
+step's ~800 kernels, which otherwise leave the GPU waiting on the host."""
 
 from __future__ import annotations
 
@@ -27,8 +19,7 @@ WARMUP_STEPS = 3  # eager steps before a capture: cuDNN's algorithm search, Adam
 
 
 class StaticStep:
-    """train_step(state, next_real, t, dist) for a loop that calls it every step; invalidate() after any restore
-    (a rollback replaces the optimizers' state tensors, which a captured graph holds)."""
+    """train_step, one graph per lazy-penalty phase; invalidate() after a restore (new optimizer state)."""
 
     def __init__(self, state: TrainState, t: TrainConfig, dist: Dist, capture: bool):
         self.state, self.t, self.dist, self.capture = state, t, dist, capture
@@ -70,7 +61,7 @@ class StaticStep:
         return train_step(self.state, lambda: next(buffers), self.t, self.dist)
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
-        """The step recorded, not run: the counters train_step advances in Python are put back."""
+        """The step recorded, not run: the Python counters are put back."""
         state = self.state
         step, critic_steps = state.step, state.critic_steps
         graph = torch.cuda.CUDAGraph()
@@ -86,7 +77,7 @@ class StaticStep:
 
 
 def cuda_graph_refusal(cfg, device: torch.device) -> Optional[str]:
-    """Why speed.cuda_graph cannot serve this run (said once; the step then runs eagerly), or None."""
+    """Why speed.cuda_graph cannot serve this run (the step then runs eagerly), or None."""
     if device.type != "cuda":
         return "CUDA graphs need CUDA"
     if cfg.speed.compile:

@@ -1,9 +1,5 @@
-"""Divergence: a NaN or Inf in a loss or a gradient norm, noticed without a host sync on every step.
-
-observe() keeps, on the device, the first step at which a watched value was not finite and the values of that
-step; check() (called where the loop syncs anyway: log steps and before every checkpoint) brings that to the host
-and compares it across ranks. A diverged state is never checkpointed: the loop checks before it saves.
-"""
+"""NaN or Inf in a loss or gradient norm, noticed on the device without a host sync; checked before every
+checkpoint, so a diverged state is never saved."""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ GRADIENT_NORMS = ("grad_norm/critic", "grad_norm/generator")
 
 class NonFiniteWatch:
     def __init__(self, device: torch.device, losses: tuple[str, ...] = ("loss/critic", "loss/generator")):
-        """losses: the objective's watched metrics; the gradient norms are watched too."""
+        """losses: the objective's watched metrics, besides the gradient norms."""
         self.device, self.watched = device, (*losses, *GRADIENT_NORMS)
         self.reset()
 
@@ -35,7 +31,7 @@ class NonFiniteWatch:
         self.values = torch.where(first, values, self.values)
 
     def check(self, dist: Dist) -> Optional[str]:
-        """None while all is finite on every rank; else one line: the earliest step, the value, the rank."""
+        """None while all is finite on every rank, else one line saying where."""
         mine = (int(self.first_step.item()), self.values.cpu().tolist(), dist.rank)
         bad = [r for r in dist.gather(mine) if r[0] > 0]
         if not bad:

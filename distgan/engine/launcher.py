@@ -1,9 +1,4 @@
-"""The seam between the training loop and whatever started it: what a launcher gives the loop.
-
-The loop (engine/loop.py) knows nothing of Ray, signals or storage layouts; it asks its launcher for these, and
-each launcher implements them in one class: distgan/launch/local.py (one process, run.mode=local) and
-distgan/launch/ray_worker.py (a Ray Train worker, run.mode=ray). Tests implement it to inject stops or failures.
-"""
+"""What a launcher gives the loop, which knows nothing of Ray, signals or storage (docs/design.md section 4)."""
 
 from __future__ import annotations
 
@@ -16,27 +11,26 @@ from distgan.engine.distributed import Dist
 
 
 class CheckpointStore(Protocol):
-    """Where full checkpoints (engine/checkpoint.py's payloads) are kept. Every rank calls both methods."""
+    """Where full checkpoints are kept. Every rank calls every method."""
 
     def load_latest(self) -> Optional[dict[str, Any]]:
-        """The newest readable checkpoint (an unreadable newest one is reported and skipped), or None for a
-        fresh run."""
+        """The newest readable checkpoint, or None for a fresh run."""
 
     def save(self, step: int, payload: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Keep payload as the checkpoint of step; metrics go with it where the launcher reports them."""
+        """Keep payload as step's checkpoint, with its metrics."""
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
-        """Keep payload apart as the best checkpoint so far (by evaluation), besides the newest ones."""
+        """Keep payload apart as the best checkpoint so far."""
 
 
 class Evaluate(Protocol):
-    """Sample quality of a generator (distgan/evaluation/evaluator.py's Evaluator). Collective."""
+    """Sample quality of a generator (evaluation/evaluator.py). Collective."""
 
     def __call__(self, G: torch.nn.Module) -> dict[str, float]:
-        """Every rank alike; every rank gets the same results ("eval/fid", ...)."""
+        """Every rank gets the same results ("eval/fid", ...)."""
 
     def headline(self, results: dict[str, float]) -> tuple[str, float, bool]:
-        """(result key, value, lower is better) of the result that ranks checkpoints."""
+        """(key, value, lower is better) of the result that ranks checkpoints."""
 
 
 class Launcher(Protocol):
@@ -47,15 +41,13 @@ class Launcher(Protocol):
     checkpoints: CheckpointStore
 
     def should_stop(self) -> bool:
-        """Asked on every rank at each log step: a stop request (a signal, a stop file). When any rank says yes,
-        every rank writes the checkpoint and the loop returns. May be collective: call it on every rank alike."""
+        """Asked at each log step: stop? Any yes checkpoints and returns. May be collective."""
 
     def preempted(self) -> bool:
-        """Asked on every rank at each log step: will this node be reclaimed? The first yes writes a checkpoint at
-        once and training goes on (the launcher restarts the run from it). May be collective."""
+        """Asked at each log step: will this node be reclaimed? The first yes checkpoints. May be collective."""
 
     def publish(self) -> None:
-        """Rank 0, after new files were written under run_dir: copy them where users look (object storage)."""
+        """Rank 0, after new files under run_dir: copy them where users look."""
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
-        """Every rank, at each evaluation: metrics for a scheduler (Ray Tune). May be collective."""
+        """Every rank, at each evaluation: metrics for a scheduler. May be collective."""

@@ -13,8 +13,7 @@ from tqdm import tqdm
 
 
 def print_line(line: str) -> None:
-    """A progress line on stdout. Not print(): inside a Ray Train worker print is patched to go through logging
-    and also teed to stdout, which shows every line twice on the driver."""
+    """A progress line on stdout; not print(), which Ray Train workers echo twice on the driver."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
@@ -24,9 +23,7 @@ class RunLogger:
 
     def __init__(self, log_dir: str, total_steps: int, start_step: int, progress: bool,
                  labels: tuple[tuple[str, str], ...] = (("d", "loss/critic"), ("g", "loss/generator"))):
-        # purge_step: TensorBoard drops what an earlier attempt logged past the step this one resumes at (that
-        # step's own values came with its checkpoint), and everything, step 0's evaluation included, when it starts
-        # from scratch (an attempt that died before its first checkpoint)
+        # purge_step: TensorBoard drops what an earlier attempt logged past the resumed step (all, from scratch)
         self.start_step, self.labels = start_step, labels
         self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else 0)
         interactive = progress and sys.stderr.isatty()
@@ -34,10 +31,7 @@ class RunLogger:
         self.last_line = time.time()
 
     def restart_at(self, step: int) -> None:
-        """After a rollback to step: TensorBoard drops what was logged past it, as after a resume. The restart
-        marker goes into the same event file, as SummaryWriter(purge_step=...) writes it into a new one: a new file
-        could sort before the old one (files are named <second>.<host>.<pid>.<counter>, and counter 10 sorts before
-        9 within a second), and TensorBoard reads them in name order, so it would drop the steps after the rollback."""
+        """After a rollback, TensorBoard drops what was logged past step (marker in this file: docs/workarounds.md)."""
         marker = step + 1
         writer = self.writer.file_writer
         writer.add_event(Event(step=marker, file_version="brain.Event:2"))
@@ -45,7 +39,7 @@ class RunLogger:
         writer.flush()
 
     def config(self, yaml_text: str) -> None:
-        """At the step this attempt starts at: a resume may change the config, and TensorBoard keeps each."""
+        """The config as text at this attempt's first step: a resume may change it."""
         self.writer.add_text("config", "```\n" + yaml_text + "\n```", self.start_step)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -75,8 +69,7 @@ class RunLogger:
 
 def grid(images: torch.Tensor, nrow: Optional[int] = None) -> torch.Tensor:
     """Images in [-1, 1] -> one grid image in [0, 1]."""
-    # imported here: torchvision's package import pulls in torch._dynamo (~2.5 s of CPU), which only the process
-    # that draws images needs to pay, not every Ray worker at its start
+    # imported here: torchvision pulls in torch._dynamo (~2.5 s), which only the image-drawing rank should pay
     from torchvision.utils import make_grid
 
     nrow = nrow or max(1, int(images.shape[0] ** 0.5))

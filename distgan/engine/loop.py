@@ -1,13 +1,5 @@
-"""The training loop: one flat function that runs the same way in one process and in every DDP rank.
-
-Everything outside the math comes from the launcher (engine/launcher.py): the process group, the device, where
-checkpoints go, stop and preemption checks, and publishing. Files the loop writes under launcher.run_dir:
-    tensorboard/                      event files
-    samples/step-<step>.png           fixed-latent grids from the EMA generator
-    generators/generator-<step>.pt    generator exports (EMA weights + config) for sample and evaluate;
-                                      generator-best.pt: the best evaluation so far
-    data-keys/rank-<r>.txt            with data.record_keys: the sample keys each rank trained on
-"""
+"""The training loop: one flat function, the same in one process and on every rank; the launcher gives all
+outside the math."""
 
 from __future__ import annotations
 
@@ -43,43 +35,37 @@ def eval_line(step: int, results: dict[str, float]) -> str:
 
 
 def record_step_metrics(step: int, metrics: dict[str, torch.Tensor], watch: NonFiniteWatch, sums: dict[str, torch.Tensor]) -> None:
-    """The loop's work after every train_step (distgan.bench times it too): the NaN watch and the metric sums,
-    on the device, without a host sync."""
+    """The NaN watch and metric sums after every train_step, with no host sync."""
     watch.observe(step, metrics)
     for k, v in metrics.items():
         sums[k] = sums.get(k, 0) + v
 
 
 def best_so_far(best: dict) -> dict[str, float]:
-    """The best evaluation as flat metrics, e.g. {"best/eval/fid": 31.2, "best/step": 40000}."""
+    """The best evaluation as flat metrics: {"best/eval/fid": ..., "best/step": ...}."""
     return {f"best/{best['metric']}": best["value"], "best/step": float(best["step"])} if best else {}
 
 
 def reseed_rank_state(seed: int, step: int, rank: int) -> int:
-    """After a change of world size: new per-rank randomness derived from the step (the same run resized at the
-    same step gets the same streams). Returns the data stream's seed; re-seeds this rank's dropout RNG."""
+    """After a world-size change: dropout and data seeds from the step, so a resize is repeatable."""
     torch.manual_seed(hash((seed, step, rank, 1)) & 0x7FFF_FFFF_FFFF_FFFF)  # ints: hash() is stable across processes
     return reseeded_stream(seed, step)
 
 
 def reseeded_stream(seed: int, step: int) -> int:
-    """The data stream's seed after its layout changed at step (the saved positions no longer apply)."""
+    """The data stream's seed after its layout changed at step."""
     return hash((seed, step, 2)) & 0x7FFF_FFFF
 
 
 def loader_workers_for_resume(requested: int, resolved: int, saved: Optional[int]) -> tuple[int, bool]:
-    """(loader workers, whether the saved stream positions still apply), for data.num_workers=requested, which
-    resolves to `resolved` here, and a checkpoint's count `saved`. The positions are per loader worker (0 and 1
-    are the same one stream): with another count the shards are split otherwise. -1 (auto, from the cores) keeps
-    the checkpoint's count, so a restart on a node with other cores resumes exactly; an explicit other count wins."""
+    """(loader workers, whether saved per-worker stream positions apply): -1 keeps the checkpoint's count."""
     if saved is None or max(1, saved) == max(1, resolved):
         return resolved, True
     return (saved, True) if requested < 0 else (resolved, False)
 
 
 def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None) -> TrainState:
-    """Train until train.steps generator updates, resuming from the launcher's newest checkpoint; evaluator (when
-    eval.every asks for evaluations) is handed in by the launcher's entry point (evaluation.evaluator_for)."""
+    """Train to train.steps generator updates, resuming from the launcher's newest checkpoint."""
     dist, device, run_dir, store = launcher.dist, launcher.device, launcher.run_dir, launcher.checkpoints
     t, lg = cfg.train, cfg.log
     local_batch = split(t.batch_size, dist.rank, dist.world_size)[1]  # uneven shares are fine: 64 on 3 = 22+21+21
@@ -104,8 +90,7 @@ def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None)
         if state.step >= t.steps:
             if dist.is_main:
                 print_line(f"nothing to train: the run is at step {state.step}, train.steps={t.steps} (raise it to go on)")
-            # nothing left to train (a Tune trial restored after it had finished, its last report lost with the
-            # search's driver): a scheduler waits for the final metrics, so those of the checkpoint go out again
+            # a finished Tune trial restored: its scheduler waits for final metrics, so the checkpoint's go out again
             launcher.report(state.step, payload.get("metrics", {}))
 
     saved_workers = state.data_state.get("loader_workers")
@@ -151,8 +136,7 @@ def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None)
     saved_on_preemption = False
 
     def diverged() -> bool:
-        """Collective (every rank calls it alike). False if all is finite; True after a rollback; raises
-        Diverged when the run must end."""
+        """Collective: False if all is finite, True after a rollback, else Diverged."""
         nonlocal sums, steps_since, tick
         problem = watch.check(dist)
         if problem is None:
@@ -194,7 +178,7 @@ def train(cfg: Config, launcher: Launcher, evaluator: Optional[Evaluate] = None)
             write_export(run_dir / "generators", export, lg.keep_checkpoints, best=best)
 
     def evaluate(step: int) -> tuple[dict[str, float], bool]:
-        """Collective: the metrics, and whether they are the best so far (that checkpoint is then kept apart)."""
+        """Collective: the metrics, and whether they are the best so far."""
         dist.broadcast_buffers(state.G_ema)
         results = evaluator(state.G_ema)
         name, value, lower_is_better = evaluator.headline(results)

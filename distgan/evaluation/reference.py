@@ -1,17 +1,4 @@
-"""Reference statistics of the real data: computed once per data set (every rank takes its share of the images),
-then cached next to the shards and read back by every later run and evaluation.
-
-Cache file: <shard folder>/fid-stats/<key>.pt, or <data.cache_dir>/fid-stats/ when the shard folder cannot be
-written (a read-only bucket) or is not a place (a `pipe:` source). The key is a hash of everything the numbers
-depend on: the shard list and their counts, the data set's version, the number of images used, resolution,
-channels, the feature network file (its sha1), the metrics, how many images KID/SWD keep, and the preprocessing
-version. The version tells a data set from another written under the same shard names and counts (a folder
-emptied and prepared again with other settings): the manifest's creation time, which prepare writes last on every
-run; without a manifest (shard URLs), each shard's size and modification time or the store's ETag. Another data
-set, size or network gives another key, never stale numbers. A `pipe:` source is the exception: its commands say
-nothing about the bytes they print, so its key holds the commands and counts only; the cache file's path is printed
-whenever it is read (delete it if the data behind the commands changed).
-"""
+"""Reference statistics of the real data: computed once per data set by all ranks, then cached (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -52,7 +39,7 @@ def reference_source(cfg: Config) -> str:
 
 
 def shard_folder(stream: ValidationStream) -> Optional[str]:
-    """Where the shards are; None for a `pipe:` source, whose URLs are shell commands, not places."""
+    """Where the shards are; None for a pipe: source (its URLs are commands)."""
     url = stream.urls[0]
     if url.startswith("pipe:"):
         return None
@@ -79,7 +66,7 @@ def shard_versions(urls: list[str]) -> list:
 
 
 def data_version(source: str, urls: list[str]):
-    """What tells this data set from another under the same shard names and counts (the module's docstring)."""
+    """What tells this data set from another under the same shard names and counts (docs/evaluation.md)."""
     if source.startswith("pipe:"):
         return None
     try:
@@ -107,8 +94,7 @@ def cache_locations(cfg: Config, stream: ValidationStream, key: str) -> list[str
 
 
 def read_cache(locations: list[str]) -> tuple[Optional[dict], str]:
-    """(the cached statistics, where they were) or (None, ""). A file that holds code is refused (UnsafeFile):
-    anyone who can write next to the shards could otherwise run code in every evaluating run."""
+    """(the cached statistics, where) or (None, ""); a planted file holding code is refused."""
     for location in locations:
         try:
             fs, path = fsspec.core.url_to_fs(location)
@@ -123,7 +109,7 @@ def read_cache(locations: list[str]) -> tuple[Optional[dict], str]:
 
 
 def write_cache(locations: list[str], stats: dict) -> str:
-    """The first location that can be written (atomically: a temporary name, then a rename)."""
+    """Writes to the first writable location, atomically; returns it ("" if none)."""
     for location in locations:
         try:
             fs, path = fsspec.core.url_to_fs(location)
@@ -141,15 +127,15 @@ def write_cache(locations: list[str], stats: dict) -> str:
 
 
 class ReferenceCounter:
-    """How many times reference statistics were computed rather than read (tests assert on it)."""
+    """Reference statistics computed rather than read, counted for the tests."""
 
     computed = 0
 
 
 def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network: Optional[FeatureNetwork],
                          network_digest: str) -> dict:
-    """Collective. The real data's gathered statistics (statistics.SetStatistics.gathered), from the cache or
-    computed now by all ranks together. Rank 0, which computes the metrics, gets them; other ranks may get {}."""
+    """Collective: the real data's statistics, cached or computed by all ranks; rank 0 gets them, others
+    may get {}."""
     ev = cfg.eval
     source = reference_source(cfg)
     what = "eval.source" if ev.source else "data.source"
@@ -190,8 +176,7 @@ def reference_statistics(cfg: Config, dist: Dist, device: torch.device, network:
     gathered = stats.gathered(dist)
     if dist.is_main:
         seconds = time.perf_counter() - started
-        if read < stream.total:  # numbers of a partial read are never cached: once the data reads whole, they'd
-            # be stale under the same key
+        if read < stream.total:  # never cached: the key names the whole data set
             log.warning("reference statistics: %d of the %d real images could not be read: these statistics "
                         "are used now but not cached", stream.total - read, stream.total)
             print_line(f"reference statistics: {read} of {stream.total} real images in {seconds:.0f} s, not cached")

@@ -1,9 +1,4 @@
-"""What an image set contributes to the metrics (metrics/), gathered over ranks: the parts the metrics share.
-
-Parts: "moments" (sum, outer-product sum and count of the features, float64: FID's sufficient statistics, one
-all-reduce), "features" (the features of the set's first `keep` images by global index: KID, precision/recall),
-"small_images" (the first `keep` images at 16x16: SWD). Only statistics cross the wire, never images at full size.
-"""
+"""What an image set contributes to the metrics, gathered over ranks: statistics, never full-size images."""
 
 from __future__ import annotations
 
@@ -27,7 +22,7 @@ class SetStatistics:
         self.kept: dict[str, list[torch.Tensor]] = {"features": [], "small_images": []}
 
     def add(self, first_index: int, images: torch.Tensor, features: Optional[torch.Tensor]) -> None:
-        """A batch whose first image has global index first_index; images in [-1, 1], features (N, D) or None."""
+        """A batch from global index first_index: images in [-1, 1], features (N, D) or None."""
         room = max(0, min(images.shape[0], self.keep - first_index))
         if features is not None and "moments" in self.parts:
             f = features.double()
@@ -52,7 +47,7 @@ class SetStatistics:
         return out
 
     def _empty(self, part: str) -> torch.Tensor:
-        """No kept rows on this rank (its images all lie past `keep`): the same row shape as the others'."""
+        """Zero kept rows (all past `keep`), in the other ranks' row shape."""
         if part == "features":
             return torch.zeros(0, self.sum.shape[0], device=self.device)
         return torch.zeros(0, self.channels, SWD_SIZE, SWD_SIZE, device=self.device)

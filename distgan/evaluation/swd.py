@@ -1,11 +1,4 @@
-"""Sliced Wasserstein distance between two image sets: a sample-quality number that needs no pretrained weights.
-
-Protocol (eval.metrics=[swd], `distgan.evaluate --metrics swd`): both sets are area-downsampled to 16x16 and
-compared on 256 random unit directions (seed 0) in that 768-d (3 x 16 x 16) pixel space; the 1-D Wasserstein-1
-distance of each projection is the mean gap between the sorted values of two equal-size sets. 0 for identical
-sets; it grows as they differ. It sees colour layout, not semantics: use it where FID's network is unavailable
-(tests, machines without the weights), and compare SWD numbers only with SWD numbers of the same n and size.
-"""
+"""Sliced Wasserstein distance of image sets at 16x16: a quality number that needs no weights."""
 
 from __future__ import annotations
 
@@ -24,7 +17,7 @@ def downsample(images: torch.Tensor, size: int = SIZE) -> torch.Tensor:
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, size: int = SIZE, seed: int = 0) -> float:
-    """SWD of image sets a and b (N, C, H, W) in [-1, 1]; the larger set is cut to the smaller one's size."""
+    """SWD of two image sets (N, C, H, W) in [-1, 1], cut to the smaller's size."""
     n = min(a.shape[0], b.shape[0])
     flat = [downsample(x[:n], size).flatten(1) for x in (a, b)]
     gen = torch.Generator().manual_seed(seed)

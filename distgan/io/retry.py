@@ -1,8 +1,4 @@
-"""Storage calls that ride out an outage: transient errors are retried with exponential backoff until a deadline.
-
-A bucket that is away for a minute must not end a run that trained for a day; one that stays away must end it in
-one line, not with an older checkpoint (StorageUnreachable, which no caller falls back from).
-"""
+"""Storage calls that ride out an outage: transient errors are retried with backoff until a deadline."""
 
 from __future__ import annotations
 
@@ -26,7 +22,7 @@ TRANSIENT_NAMES = ("Connect", "Timeout", "Throttl", "SlowDown", "ServiceUnavaila
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether asking again later may succeed: I/O errors, timeouts and lost connections, not missing files."""
+    """Whether asking again may succeed: I/O errors, timeouts and lost connections, not missing files."""
     if isinstance(exc, PERMANENT) or getattr(exc, "errno", None) in FULL:
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
@@ -36,8 +32,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def with_retries(action: Callable[[], T], what: str, timeout_s: float, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> T:
-    """action(), retried after 1, 2, 4, ... 30 s while it fails transiently, for timeout_s in all; then
-    StorageUnreachable naming `what`. Any other error is raised at once."""
+    """action(), retried after 1, 2, 4, ... 30 s while it fails transiently, for timeout_s; then StorageUnreachable."""
     deadline = clock() + timeout_s
     delay = FIRST_DELAY_S
     while True:

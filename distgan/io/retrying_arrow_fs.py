@@ -1,8 +1,4 @@
-"""A pyarrow filesystem that rides out storage outages (distgan/io/retry.py), for Ray Train's own storage calls.
-
-Ray Train 2.60's controller writes its checkpoint record without retries: one failed write to a bucket ends the run
-(docs/workarounds.md). Handing Ray Train this filesystem makes every call it makes wait an outage out.
-"""
+"""A pyarrow filesystem that retries every call (io/retry.py), for Ray Train's storage calls (docs/workarounds.md)."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ T = TypeVar("T")
 
 
 class RetryingHandler(pafs.FileSystemHandler):
-    """Every call of `inner` retried; files are written whole at close and read whole at open, so that a retry
-    repeats a complete transfer, never half of one."""
+    """Every call of `inner` retried; files move whole, so a retry repeats a whole transfer."""
 
     def __init__(self, inner: pafs.FileSystem, timeout_s: float):
         self.inner, self.timeout_s = inner, timeout_s
@@ -31,7 +26,7 @@ class RetryingHandler(pafs.FileSystemHandler):
     def _retry(self, action: Callable[[], T], what: str, path: str = "") -> T:
         try:
             return with_retries(action, f"{what} {path}".strip(), self.timeout_s)
-        except StorageUnreachable as exc:  # Ray retries an upload whose error says "AWS Error ...": not after a wait
+        except StorageUnreachable as exc:  # Ray would retry an "AWS Error" again (docs/workarounds.md)
             raise StorageUnreachable(str(exc).replace("AWS Error", "AWS error")) from None
 
     def get_type_name(self) -> str:

@@ -1,10 +1,4 @@
-"""A run's folder (run.root/run.name) on a local/NFS path or on object storage (s3://, gs://, any fsspec URL).
-
-TensorBoard's writer and the PNG writer want a local file. For a URL they write into a local staging folder and
-sync() copies what is new or changed up to the URL; for a path they write in place and sync() does nothing.
-Small control files (which worker runs where, the stop request) go straight through fsspec either way. Every call
-rides out a storage outage for timeout_s (distgan/io/retry.py).
-"""
+"""A run's folder on a path or an fsspec URL (then staged locally and uploaded by sync())."""
 
 from __future__ import annotations
 
@@ -40,10 +34,8 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str = ".tmp") -> None:
-    """write(file) to a temporary name in path's folder, fsync, rename, fsync the folder: after a crash at any
-    moment path holds either the old file (or nothing) or the whole new one, also after a power loss (a rename
-    without the fsync can leave the new name pointing at data that never reached the disk). One process writes a
-    given path at a time, so an older temporary of the same path is a killed writer's: it is removed."""
+    """Temporary name, fsync, rename, fsync folder: after a crash or power loss path holds the old file or the
+    whole new one. A killed writer's temporary is removed."""
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{tmp_suffix}")
@@ -64,9 +56,8 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], tmp_suffix: str
 
 
 def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
-    """Creates folder and checks that a file can be written in it: a StorageError naming `what` now, not a
-    traceback after the work that was to be written there. keep=False removes the folders it created (a check
-    that leaves no trace, for a caller that may still stop before writing anything)."""
+    """Creates folder and checks that it takes a file: an error naming `what` now, not after the work.
+    keep=False removes the folders it created."""
     from distgan.errors import StorageError, first_line
 
     folder = Path(folder).expanduser()
@@ -88,8 +79,7 @@ def ensure_writable(folder: Path, what: str, keep: bool = True) -> Path:
 
 
 def ensure_writable_file(path: Path, what: str) -> Path:
-    """ensure_writable for a file to be written later (a --json): its folder, checked without leaving a trace, and
-    the file itself not a folder. Returns the path with ~ expanded."""
+    """ensure_writable for a file written later (a --json), leaving no trace; ~ expanded."""
     from distgan.errors import StorageError
 
     path = Path(path).expanduser()
@@ -104,8 +94,7 @@ def is_url(path: str) -> bool:
 
 
 def filesystem_of(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """fsspec's filesystem and path for a location, or a StorageError naming it: a URL scheme fsspec does not know,
-    or one whose package is not installed (gs:// without gcsfs)."""
+    """fsspec's filesystem and path, or a StorageError (unknown scheme, missing package)."""
     from distgan.errors import StorageError, first_line
 
     try:
@@ -121,7 +110,7 @@ KEPT_MARKER = ".kept"  # in a staging folder whose final copy failed: the user's
 
 
 def remove_dead_staging_folders() -> None:
-    """Staging folders of this user's processes that died (a killed worker never removes its own)."""
+    """Removes staging folders of this user's dead processes (a killed worker never removes its own)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
         pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
         try:
@@ -150,15 +139,14 @@ class RunFolder:
 
     @property
     def local(self) -> Path:
-        """Where this process writes files: the run folder itself, or a staging folder for a URL."""
+        """Where this process writes: the run folder, or a staging folder for a URL."""
         if self._local is None:
             remove_dead_staging_folders()
             self._local = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         return self._local
 
     def sync_soon(self, min_interval_s: float = 30.0) -> None:
-        """sync() in a background thread, so that rank 0 (and with it every rank) does not wait for the upload;
-        skipped while one runs or within min_interval_s of the last: the next call, or close(), catches up."""
+        """sync() in a background thread, so no rank waits; at most every min_interval_s."""
         if not self.remote or self._local is None:
             return
         busy = self._uploader is not None and self._uploader.is_alive()
@@ -199,7 +187,7 @@ class RunFolder:
         return self._retrying(read, f"reading {name} in")
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Whole or not at all: a local file through write_durably (an object store's put is atomic anyway)."""
+        """Whole or not at all: locally through write_durably (an object store's put is atomic)."""
         target = self.path(name)
 
         def write() -> None:
@@ -212,7 +200,7 @@ class RunFolder:
         self._retrying(write, f"writing {name} to")
 
     def exists(self, name: str, wait: bool = True) -> bool:
-        """wait=False: one look, no retries (a check made every log step must not hold training up)."""
+        """wait=False: one look, no retries (a per-log-step check must not hold training up)."""
         if not wait:
             return self.fs.exists(self.path(name))
         return self._retrying(lambda: self.fs.exists(self.path(name)), f"looking for {name} in")
@@ -225,9 +213,7 @@ class RunFolder:
             self._retrying(lambda: self.fs.rm(self.path(name)), f"removing {name} from")
 
     def sync(self, final: bool = False) -> None:
-        """Upload the staging folder's new or changed files (TensorBoard events grow: they are sent again; one
-        caught mid-write is sent whole next time, and TensorBoard reads a file up to its last complete record),
-        and delete remote copies of uploaded files that are gone locally (pruned generator exports)."""
+        """Uploads the staging folder's new or changed files; deletes remote copies of files pruned locally."""
         if not self.remote or self._local is None:
             return
         for file in [f for f in self._uploaded if not f.exists()]:
@@ -269,8 +255,7 @@ class RunFolder:
             self._prune(pattern, keep)
 
     def keep_newest(self, pattern: str, keep: int) -> None:
-        """After each sync, only the newest `keep` files matching pattern (names that sort by step) stay in the
-        bucket: earlier attempts' files too, which this process's staging folder never held."""
+        """After each sync only the newest `keep` files matching pattern stay in the bucket, earlier attempts' too."""
         self._keep_newest[pattern] = keep
 
     def _prune(self, pattern: str, keep: int) -> None:

@@ -1,8 +1,4 @@
-"""torch.load that never runs code from the file: weights_only=True, with exactly distgan's own types allowed.
-
-Checkpoints, generator exports and cached statistics are shared through buckets and run folders, and pickle runs
-whatever a file names. Files written before this module existed hold the same types and load unchanged.
-"""
+"""torch.load that never runs code from the file: weights_only=True, with exactly distgan's own types allowed."""
 
 from __future__ import annotations
 
@@ -29,8 +25,7 @@ REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch names the type it refus
 
 
 def load_trusted(source: Union[str, Path, bytes, BinaryIO], name: str) -> Any:
-    """torch.load(source) on the CPU with weights_only=True; name says which file in errors. A file that holds any
-    other type raises UnsafeFile naming the file and the type."""
+    """torch.load on the CPU with weights_only=True; a file holding another type raises UnsafeFile naming it."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:

@@ -1,5 +1,5 @@
-"""The launchers run.mode can name, one module each: CHECKPOINTS (its checkpoint files in a run folder, a glob),
-check(cfg) (its config rules, one-line errors) and run(cfg) -> (run folder, step, metrics, stop signal)."""
+"""The launchers run.mode names: each module has CHECKPOINTS (a glob), check(cfg) and run(cfg) -> (run folder,
+step, metrics, stop signal)."""
 
 from __future__ import annotations
 
@@ -18,5 +18,5 @@ def launcher_for(mode: str) -> ModuleType:
 
 
 def checkpoint_layouts() -> dict[str, str]:
-    """{run.mode: the glob of its checkpoints}: a run folder is resumed only by the mode that wrote it."""
+    """{run.mode: its checkpoint glob}: a run folder is resumed only by the mode that wrote it."""
     return {mode: launcher_for(mode).CHECKPOINTS for mode in LAUNCHERS}

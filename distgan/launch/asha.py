@@ -1,16 +1,5 @@
-"""ASHA whose rung records survive an interrupted search.
-
-Ray Tune's Tuner.restore brings back a search's trials and their checkpoints, but not its scheduler's state: the
-TuneController never calls TrialScheduler.save/restore, and the scheduler comes back as it was pickled when the
-search started, with empty rungs. A resumed ASHA search would forget every result recorded before the
-interruption; a trial reaching a rung after the resume would be compared with fewer results or none (the first
-one at an empty rung always goes on), and weak trials would run to the end. This scheduler writes its rung
-records to a small JSON file after every result and reads them back before its first decision after a restore.
-Trial ids survive Tune's restore, so the records stay valid. The file lives beside Tune's experiment folder, not in
-it: a restored search copies the experiment folder's JSON files to its local staging folder and uploads that
-folder over the experiment folder (ray/tune/execution/experiment_state.py), which put the records of the first
-run back over every later write.
-"""
+"""ASHA whose rung records survive an interrupted search, which Tuner.restore would bring back empty
+(docs/workarounds.md)."""
 
 from __future__ import annotations
 
@@ -29,13 +18,13 @@ class ResumableASHA(AsyncHyperBandScheduler):
     RECORDS = "asha-rungs.json"
 
     def __init__(self, folder: str, **asha):
-        """folder: where the records live (the search's folder; tune.py deletes them when it starts afresh)."""
+        """folder: the search's folder, which holds the records."""
         super().__init__(**asha)
         self.folder, self.name = folder, self.RECORDS
         self._records_read = False
 
     def _read_records(self) -> None:
-        """Once per process: a restored scheduler is the one pickled at the search's start, with empty rungs."""
+        """Once per process: a restored scheduler has the rungs of the search's start."""
         if self._records_read:
             return
         self._records_read = True

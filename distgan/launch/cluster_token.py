@@ -1,8 +1,5 @@
-"""Token authentication for the private local Ray cluster: on, with a token file only its user can read.
-
-Ray 2.60 turns token authentication on for a local cluster, but writes its token readable by every user of the
-machine and prints a warning of several lines; its GCS and raylet listen on all interfaces either way.
-"""
+"""Token authentication for the private local Ray cluster, its token file private to its user
+(docs/workarounds.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ def token_path() -> Path:
 
 
 def ensure_token_file(path: Path) -> bool:
-    """A random token in path, readable and writable by its owner only; returns whether its mode had to be fixed."""
+    """A random token in path, owner-only; returns whether its mode had to be narrowed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -34,8 +31,7 @@ def ensure_token_file(path: Path) -> bool:
 
 
 def secure_local_cluster() -> str:
-    """Set the environment the local cluster starts with (its processes inherit it); returns the one line to print.
-    A user's own RAY_AUTH_* settings are kept as they are."""
+    """Set the auth environment the local cluster inherits (a user's RAY_AUTH_* kept); returns a line to print."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return "local Ray cluster: token authentication OFF (RAY_AUTH_MODE=disabled in the environment)"
     if any(os.environ.get(name) for name in AUTH_VARIABLES[1:]):
@@ -51,8 +47,7 @@ def secure_local_cluster() -> str:
 
 
 def reread_ray_settings() -> None:
-    """Ray reads RAY_AUTH_MODE once, at import (docs/workarounds.md): read it again, as ray.init does for its own
-    default, so that this process sends the token its cluster's processes expect."""
+    """Re-read RAY_AUTH_MODE, which Ray reads once at import (docs/workarounds.md)."""
     from ray._raylet import Config
 
     Config.initialize("")

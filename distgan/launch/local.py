@@ -1,8 +1,4 @@
-"""run.mode=local: the training loop in this process, on one GPU or the CPU, with no Ray at all.
-
-The launcher contract (engine/launcher.py) for one process: rank 0 of 1, checkpoints in run_dir/checkpoints/,
-SIGTERM or Ctrl-C as the stop request (finish the log interval, write a checkpoint, return).
-"""
+"""run.mode=local: the loop in this process (one GPU or the CPU), no Ray."""
 
 from __future__ import annotations
 
@@ -37,7 +33,7 @@ def pick_device(name: str) -> torch.device:
 
 
 class LocalLauncher:
-    """Use as a context manager: inside it, SIGTERM and Ctrl-C ask the loop to stop with a checkpoint."""
+    """Inside it, SIGTERM and Ctrl-C ask the loop to stop with a checkpoint."""
 
     def __init__(self, cfg: Config, run_dir: Optional[str | Path] = None):
         self.dist = Dist()
@@ -82,8 +78,7 @@ class LocalLauncher:
 
 
 def run_local(cfg: Config, run_dir: Optional[str | Path] = None) -> tuple[TrainState, Optional[int]]:
-    """Train in this process; run_dir defaults to run.root/run.name. Returns the state and the signal that asked
-    the run to stop (None if none came)."""
+    """Train here (run_dir: default run.root/run.name): (state, stop signal or None)."""
     with LocalLauncher(cfg, run_dir) as launcher:
         evaluator = evaluator_for(cfg, launcher.dist, launcher.device)
         return train(cfg, launcher, evaluator), launcher.stop_signal
@@ -100,7 +95,7 @@ def check(cfg: Config) -> None:
 
 
 def run(cfg: Config) -> tuple[str, Optional[int], dict, Optional[int]]:
-    """python -m distgan.train with run.mode=local: (run folder, step, best metrics, stop signal)."""
+    """distgan.train with run.mode=local: (run folder, step, best metrics, stop signal)."""
     from distgan.engine.loop import best_so_far
     from distgan.io.run_folder import ensure_writable
 

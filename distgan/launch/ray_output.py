@@ -1,13 +1,4 @@
-"""Quiet, useful console output in Ray mode: distgan's progress lines, not Ray Train's bookkeeping.
-
-- Workers: Ray Train logs every `ray.train.report` at INFO ("Reporting training result ...") through a logger
-  named after its file path, which escapes RunConfig(logging_config=...)'s filter for "ray.train" loggers; a
-  filter on the root handlers drops records from Ray Train's own files below ray.log_level.
-- Driver: lines from Ray's actors that are known to be harmless and say nothing to a user (an internal Ray Train
-  actor's restart notice) are dropped from the worker-log stream Ray prints. Everything else passes unchanged,
-  and every record stays in the session's log files (/tmp/ray/session_latest/logs).
-Both reach into Ray internals in one place each; if those move, output is simply as noisy as before.
-"""
+"""Quiet console output in Ray mode: distgan's lines, not Ray Train's bookkeeping (docs/workarounds.md)."""
 
 from __future__ import annotations
 
@@ -30,6 +21,7 @@ class BelowLevelFromRayTrain(logging.Filter):
 
 
 def quiet_worker_logging(level_name: str) -> None:
+    """Drop Ray Train's own records below ray.log_level (it logs every report at INFO)."""
     level = logging.getLevelName(level_name)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, BelowLevelFromRayTrain) for f in handler.filters):
@@ -37,6 +29,7 @@ def quiet_worker_logging(level_name: str) -> None:
 
 
 def quiet_driver_output() -> None:
+    """Drop HARMLESS lines from the worker output Ray prints on the driver."""
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:

@@ -1,6 +1,4 @@
-"""Ray mode, the driver: join (or start) a cluster and fit a TorchTrainer whose workers run the training loop
-(distgan/launch/ray_worker.py). Ray Train owns the processes, the checkpoint storage and the restarts.
-"""
+"""Ray mode, the driver: join or start a cluster and fit a TorchTrainer whose workers run the loop."""
 
 from __future__ import annotations
 
@@ -38,7 +36,7 @@ def storage_path(cfg: Config) -> str:
 
 
 def check_fits(per_worker: dict[str, float], workers: int, available: dict[str, float], extra: str = "") -> None:
-    """A local cluster never grows: a run it cannot hold would wait for resources forever, so refuse it."""
+    """Refuse a run the local cluster cannot hold: it never grows, so the run would wait forever."""
     for name, amount in per_worker.items():
         if amount * workers > available.get(name, 0):
             key = "ray.cpus_per_worker" if name == "CPU" else "ray.use_gpu"
@@ -55,8 +53,7 @@ def worker_resources(cfg: Config) -> dict[str, float]:
 
 
 def worker_range(cfg: Config) -> int | tuple[int, int]:
-    """A fixed count, or (min, max) for an elastic run (any resize restarts the workers from the last checkpoint;
-    the global batch and the update stay as they are, docs/cluster.md)."""
+    """A fixed worker count, or (min, max) for an elastic run."""
     r = cfg.ray
     return r.num_workers if r.min_workers is None else (r.min_workers, r.num_workers)
 
@@ -66,8 +63,7 @@ def fewest_workers(cfg: Config) -> int:
 
 
 def connect(cfg: Config) -> bool:
-    """Join the cluster named by ray.address or RAY_ADDRESS, or start a private local one. Returns whether the
-    cluster was started here (it then cannot grow: runs it cannot hold are refused)."""
+    """Join the cluster ray.address or RAY_ADDRESS names, or start a private local one (then True)."""
     import ray
 
     started = False
@@ -82,8 +78,7 @@ def connect(cfg: Config) -> bool:
                 hint = (": give the cluster's GCS address (HEAD:6379), or unset it on a Ray node (a `ray job "
                         "submit` job finds its cluster itself)") if "://" in address else f": {first_sentence(exc)}"
                 raise UserError(f"{source}={address} is not a Ray cluster address{hint}") from None
-        else:  # a private local cluster ("local": never join one found running on this machine) with token
-            # authentication; the dashboard (Ray Train's state API) on 127.0.0.1, Ray's gRPC ports on all interfaces
+        else:  # a private local cluster (never one found running), token auth, dashboard on 127.0.0.1
             print(secure_local_cluster())
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True,
                      dashboard_host="127.0.0.1", log_to_driver=True)
@@ -93,7 +88,7 @@ def connect(cfg: Config) -> bool:
 
 
 def check_reachable(address: str, source: str, timeout_s: float = 10.0) -> None:
-    """A HOST:PORT nobody listens on: one line now. ray.init would retry the connection for minutes."""
+    """A HOST:PORT nobody listens on: one line now, not minutes of ray.init retries."""
     import socket
 
     host, _, port = address.rpartition(":")
@@ -112,9 +107,7 @@ def refuse_relative_root_in_job(cfg: Config) -> None:
 
 
 def check_resumed_model(cfg: Config) -> None:
-    """A run resumed with another model: one line from the driver before the cluster starts, not the same error
-    as a traceback from every worker. The run's newest readable generator export (small, and written with every
-    checkpoint) carries its model; the workers check the checkpoint itself again."""
+    """A run resumed with another model: one line from the driver, not a traceback per worker."""
     from distgan.engine.checkpoint import check_same_model, load_newest_generator
 
     try:
@@ -125,7 +118,7 @@ def check_resumed_model(cfg: Config) -> None:
 
 
 def check_storage(cfg: Config) -> RunFolder:
-    """The run folder every worker must write to: found unwritable now, in one line, not from N tracebacks."""
+    """The run folder all workers write to: unwritable is one line now, not N tracebacks."""
     folder = RunFolder(run_dir_of(cfg), cfg.run.storage_timeout_s)
     try:
         folder.remove(STOP_FILE)
@@ -139,8 +132,8 @@ def check_storage(cfg: Config) -> RunFolder:
 
 def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: Optional[str] = None,
                   start_from: str = "", callbacks: Sequence[Any] = ()):
-    """A TorchTrainer whose workers run the loop. train_name / train_storage: Ray Train's own run (its checkpoints;
-    default run.name under run.root); start_from: a checkpoint folder to start from when that run has none."""
+    """A TorchTrainer running the loop; train_name/train_storage: Ray Train's run (default the run's);
+    start_from: a checkpoint folder to start from."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -177,8 +170,7 @@ def build_trainer(cfg: Config, train_name: Optional[str] = None, train_storage: 
 
 
 def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
-    """python -m distgan.train in Ray mode: fit one TorchTrainer; returns the run folder, the last metrics and the
-    signal that asked the run to stop (None if none came)."""
+    """Fit one TorchTrainer: (run folder, last metrics, stop signal or None)."""
     import ray
 
     refuse_relative_root_in_job(cfg)
@@ -206,8 +198,7 @@ def run_ray(cfg: Config) -> tuple[str, dict[str, Any], Optional[int]]:
     previous = {sig: signal.signal(sig, on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         trainer = build_trainer(cfg)
-        # Train V2's fit() puts its own Ctrl-C handler over this one (it aborts the run: no checkpoint, the steps
-        # since the last one lost); distgan's asks for a checkpoint first. tests/test_ray.py sends the Ctrl-C.
+        # keep distgan's Ctrl-C handler (checkpoint, then stop) over Train V2's (docs/workarounds.md)
         trainer._register_sigint_handler = lambda controller: None
         result = fit(trainer)
     finally:
@@ -224,7 +215,7 @@ def check(cfg: Config) -> None:
 
 
 def run(cfg: Config) -> tuple[str, Optional[int], dict, Optional[int]]:
-    """python -m distgan.train with run.mode=ray: (run folder, step, last metrics, stop signal)."""
+    """distgan.train with run.mode=ray: (run folder, step, last metrics, stop signal)."""
     from distgan.data.sources import resolve_shards
 
     resolve_shards(cfg)  # a wrong data.source is a one-line error here, not a traceback from every worker
@@ -233,8 +224,7 @@ def run(cfg: Config) -> tuple[str, Optional[int], dict, Optional[int]]:
 
 
 def fit(trainer):
-    """trainer.fit(); a worker's Diverged or user error comes back as itself, so the CLI prints its one line
-    (Train V2 raises a WorkerGroupError that wraps each worker's exception)."""
+    """trainer.fit(), re-raising a worker's Diverged or user error unwrapped, for its one line."""
     import ray.train
 
     try:
@@ -247,10 +237,8 @@ def fit(trainer):
 
 
 def repeats_on_retry(error: BaseException) -> Optional[BaseException]:
-    """The worker's own exception if a retry would only raise it again: a divergence (a retry restarts from the
-    same checkpoint, RNGs and data position, so the same NaN comes back at the same step) or a mistake in the
-    config or the run, storage that stayed away for run.storage_timeout_s (the worker waited already), data with
-    no readable image; not other storage or data errors, which can pass (a bucket's hiccup, a node without the mount)."""
+    """The worker's exception if a retry would raise it again (divergence, user mistake, storage past its
+    timeout, unusable data), else None."""
     cause = getattr(error, "cause", None) or error  # a RayTaskError carries the original as .cause
     if isinstance(cause, (Diverged, StorageUnreachable, UnusableData)) or (
             isinstance(cause, UserError) and not isinstance(cause, (StorageError, DataSourceError))):
@@ -259,10 +247,8 @@ def repeats_on_retry(error: BaseException) -> Optional[BaseException]:
 
 
 def no_retry_for_repeating_errors():
-    """A Ray Train callback (it runs in the controller): Train V2 retries every worker error up to ray.max_failures
-    (DefaultFailurePolicy), and elastic runs need max_failures=-1, so a NaN would restart the workers forever.
-    Raised from a callback, the error becomes a ControllerError, which the failure policy does not retry: the run
-    ends, and fit() below reports the worker's own one line."""
+    """A controller callback that ends the run on an error a retry would repeat, which Train V2 would retry
+    up to ray.max_failures (docs/workarounds.md)."""
     from ray.train import UserCallback
 
     class NoRetryForRepeatingErrors(UserCallback):

@@ -1,9 +1,5 @@
-"""Ray mode, inside each Ray Train worker: the launcher contract (engine/launcher.py) on Ray's terms.
-
-The worker hands the loop the process group TorchTrainer set up, Ray's device, Ray Train's checkpoints (this file
-is the one place that knows their folder layout), the driver's stop file, Ray's preemption notices, and a run
-folder that may be on object storage.
-"""
+"""Ray mode, in each Ray Train worker: the launcher contract (engine/launcher.py) on Ray's terms, and the
+one place that knows Ray Train's checkpoint folder layout."""
 
 from __future__ import annotations
 
@@ -32,25 +28,17 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the check
 
 
 class RayCheckpoints:
-    """Ray Train's checkpoints: run_dir/checkpoint_<step>/checkpoint.pt, registered by ray.train.report.
-
-    Every rank calls save (ray.train.report is collective); rank 0 attaches the payload. load_latest() takes the
-    newest checkpoint folder of the run that reads back whole (see candidates), and falls back to older ones.
-    """
+    """Ray Train's checkpoints, run_dir/checkpoint_<step>/checkpoint.pt: every rank saves (report is
+    collective), rank 0 with the payload."""
 
     def __init__(self, dist: Dist, folder: RunFolder, start_from: str = "", keep: int = 3):
-        """folder: the Train run's own folder (storage_path/name). start_from: a checkpoint folder of another Train
-        run to start from when this one has none yet (a Tune trial restored or exploited by PBT). keep:
-        log.keep_checkpoints, which Ray applies to the checkpoints it registered and prune_unregistered to the rest."""
+        """start_from: another run's checkpoint folder, used while this one has none (a restored or exploited trial)."""
         self.dist, self.folder, self.start_from, self.keep = dist, folder, start_from, keep
         self.last_saved: Optional[int] = None
 
     def candidates(self) -> list[int]:
-        """Steps to try, newest first: every checkpoint folder of the run, and the one Ray hands a restarted worker
-        group. A folder Ray has not registered yet counts too: ray.train.report writes it before the controller
-        collects the report (it polls every 2 s), so a node lost in between would otherwise cost a checkpoint
-        interval, or the whole run when it was the first. Loading verifies each candidate (load_latest). After a
-        rollback nothing past the checkpoint this attempt saved last is taken."""
+        """Steps to try, newest first, unregistered folders included (docs/workarounds.md); after a rollback,
+        none past the last save."""
         import ray.train
 
         found = {checkpoint_step(p.rsplit("/", 2)[-2]) for p in self.folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
@@ -63,14 +51,11 @@ class RayCheckpoints:
         return sorted(found, reverse=True)
 
     def load_latest(self) -> Optional[dict[str, Any]]:
-        # rank 0's listing for every rank: a rank whose listing lagged (a shared file system's attribute cache) would
-        # otherwise take the start_from branch below and leave rank 0 alone in the broadcast
+        # rank 0's listing for all: a lagging one (NFS attribute cache) would take start_from, alone in the broadcast
         tried = self.dist.broadcast_object(self.candidates() if self.dist.is_main else None)
         if not tried and self.start_from:
             return self._read_start_from()
-        # rank 0 picks the newest readable checkpoint and every rank loads that one: a storage hiccup on one rank
-        # must not put the ranks on different steps. Storage that stays away or a file that holds code ends the run
-        # on every rank alike (never an older checkpoint, never a rank left waiting in the broadcast).
+        # rank 0 picks, every rank loads that one (same step); a fatal error ends every rank alike
         outcome, payload = None, None
         if self.dist.is_main:
             try:
@@ -98,8 +83,7 @@ class RayCheckpoints:
         return payload
 
     def prune_unregistered(self, steps: list[int], chosen: int) -> None:
-        """Checkpoint folders Ray never registered (written by an attempt lost before Ray's controller collected
-        its report) are kept like the others: the newest `keep`. Ray deletes only those it registered."""
+        """Prune folders Ray never registered to the newest `keep`, as Ray prunes those it did."""
         try:
             snapshot = json.loads(self.folder.read_text(SNAPSHOT)) if self.folder.exists(SNAPSHOT) else {}
             registered = {checkpoint_step(r.get("checkpoint_dir_name", "")) for r in
@@ -143,7 +127,7 @@ class RayCheckpoints:
         self.last_saved = step
 
     def save_best(self, step: int, payload: dict[str, Any]) -> None:
-        """best/checkpoint.pt in the run folder, beside Ray Train's own (it keeps the newest log.keep_checkpoints)."""
+        """best/checkpoint.pt, beside Ray Train's own (which it prunes)."""
         if self.dist.is_main:
             buffer = io.BytesIO()
             torch.save(payload, buffer)
@@ -160,7 +144,7 @@ def checkpoint_step(name: str) -> Optional[int]:
 
 
 def describe_worker(folder: RunFolder, rank: int) -> None:
-    """workers/rank-N.json in the run folder: where each rank runs (node, pid), for operators and the fault test."""
+    """workers/rank-N.json: each rank's node and pid, for operators and the fault test."""
     import ray
 
     info = {"rank": rank, "pid": os.getpid(), "hostname": socket.gethostname(),
@@ -169,13 +153,10 @@ def describe_worker(folder: RunFolder, rank: int) -> None:
 
 
 class RayLauncher:
-    """The launcher contract (engine/launcher.py) inside a Ray Train worker: the process group TorchTrainer set
-    up, Ray's device, Ray's checkpoints, the driver's stop file, Ray's preemption notices, and a run folder that
-    may be on object storage (TensorBoard and samples are staged locally and copied up by publish)."""
+    """The launcher contract in a Ray Train worker; TensorBoard and samples are staged locally, copied up by publish."""
 
     def __init__(self, cfg: Config, run_dir: str, train_run_dir: str, start_from: str = ""):
-        """run_dir: run.root/run.name (TensorBoard, samples, exports); train_run_dir: where Ray Train keeps this
-        run's checkpoints (the same folder, except in a Tune trial); start_from: see RayCheckpoints."""
+        """train_run_dir: Ray Train's checkpoints (run_dir, except in a Tune trial); start_from: see RayCheckpoints."""
         import ray.train.torch
 
         self.dist = Dist.from_process_group()
@@ -190,8 +171,7 @@ class RayLauncher:
         self.folder.keep_newest("generators/generator-[0-9]*.pt", cfg.log.keep_checkpoints)
 
     def should_stop(self) -> bool:
-        """The driver's SIGTERM/Ctrl-C, via the stop file. Rank 0 looks (the loop shares the answer); a storage
-        hiccup here must not kill a worker."""
+        """The driver's stop file, looked for by rank 0; a storage hiccup never kills a worker."""
         if not self.dist.is_main:
             return False
         try:
@@ -215,12 +195,11 @@ class RayLauncher:
 
 
 def worker_main(config: dict[str, Any]) -> None:
-    """Runs in every Ray Train worker; TorchTrainer has already joined the process group. config: "config" (the
-    training config), "run_dir", "train_run_dir", "start_from" (ray_train.build_trainer writes them)."""
+    """Every Ray Train worker's entry point; config: build_trainer's train_loop_config."""
     from distgan.engine.loop import train
     from distgan.evaluation.evaluator import evaluator_for
 
-    # Ray Train already routes the root logger (and print) to the driver: a handler of ours would double every line
+    # no handler of ours: Ray Train routes the root logger to the driver already (docs/workarounds.md)
     logging.getLogger("distgan").setLevel(logging.INFO)
     cfg = from_dict(config["config"])
     quiet_worker_logging(cfg.ray.log_level)

@@ -1,24 +1,4 @@
-"""The `search:` section of a tune config: the space, the scheduler, the metric; parsed and checked up front.
-
-    search:
-      name: celeba64-asha          # the search's folder under storage; rerunning with the name resumes it
-      storage: ""                  # "" = run.root (a path every node sees, or s3://, gs://)
-      num_samples: 16              # trials (with grid keys: samples per grid point)
-      scheduler: asha              # asha | pbt
-      metric: eval/fid             # one of eval/<m> for m in eval.metrics
-      mode: min
-      max_concurrent_trials: 0     # 0 = as many as the cluster's free resources hold
-      driver_cpus: 0.1             # each trial's driver (the TorchTrainer's caller) asks for this only
-      space:                       # any training key: {choice: [...]}, {uniform: [lo, hi]},
-        train.lr_g: {loguniform: [1.0e-5, 1.0e-3]}   # {loguniform: [lo, hi]}, {grid: [...]}, or a plain value
-        train.n_critic: {choice: [1, 3, 5]}
-      asha: {grace_period: 0, reduction_factor: 2}                 # grace 0 = eval.every
-      pbt: {quantile_fraction: 0.5, resample_probability: 0.25, synch: false}  # interval = eval.every
-      seed: null                   # the sampling of trial values; an int makes it repeatable
-
-Every mistake (an unknown key, an empty choice, low > high, loguniform with low <= 0, an unknown scheduler or
-metric, PBT over a key it cannot change in a live run) is a ConfigError naming the key, before any trial starts.
-"""
+"""The `search:` section of a tune config (docs/tune.md), checked up front: a mistake is one line before any trial."""
 
 from __future__ import annotations
 
@@ -36,8 +16,7 @@ KINDS = ("choice", "uniform", "loguniform", "grid")
 SCHEDULERS = ("asha", "pbt")
 # what PBT may change in a running trial: applied to the live optimizers and step schedule after an exploit
 PBT_MUTABLE = ("train.lr_g", "train.lr_d", "train.beta1", "train.beta2", "train.n_critic", "train.gp_weight")
-# the search's own schedule, the same for every trial: ASHA's rungs and PBT's interval are at the base eval.every,
-# where every report carries a checkpoint, and ASHA's max_t is the base train.steps
+# the search's schedule, the same for every trial (rungs, PBT's interval, max_t): never searched
 SCHEDULE_KEYS = ("eval.every", "log.checkpoint_every", "train.steps")
 COMBINATIONS_CHECKED = 4096  # at most this many combinations of the space's values are validated together
 # the schedulers' settings (search.asha, search.pbt) and their defaults
@@ -62,12 +41,12 @@ class SearchConfig:
 
 
 def scheduler_settings(s: "SearchConfig") -> tuple[dict, dict]:
-    """(asha, pbt): the defaults with the search's own settings on top."""
+    """(asha, pbt): the defaults under the search's own settings."""
     return {**ASHA_DEFAULTS, **s.asha}, {**PBT_DEFAULTS, **s.pbt}
 
 
 def first_rung(cfg: Config, asha: dict) -> int:
-    """ASHA's first rung: its grace period, but no earlier than the first evaluation (the first report)."""
+    """ASHA's first rung: its grace period, but not before the first evaluation."""
     return max(cfg.eval.every, int(asha["grace_period"]))
 
 
@@ -80,7 +59,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_search(path: str | None, overrides: list[str]) -> tuple[Config, SearchConfig]:
-    """A tune config: the training config (validated as for distgan.train) and its search section."""
+    """A tune config: its training config (validated as for train) and search section."""
     train_overrides, search_overrides = split_overrides(overrides)
     mapping = read_mapping(path) if path is not None else OmegaConf.create({})
     search_raw = mapping.pop("search", None) or {}
@@ -195,8 +174,7 @@ def check_domain(where: str, spec: Any, need) -> None:
 
 
 def check_values(cfg: Config, key: str, spec: Any) -> None:
-    """Every value a trial can get for key (a plain value, each choice or grid value, both bounds) is valid in the
-    training config: a mistake is one line now, not a failed trial per value after Ray has started."""
+    """Every value a trial can get for key is valid: one line now, not failed trials later."""
     if not isinstance(spec, dict):
         values = [spec]
     else:
@@ -211,13 +189,12 @@ def check_values(cfg: Config, key: str, spec: Any) -> None:
 
 
 def corner_values(spec: Any) -> list:
-    """The values of a space entry that stand for all of it: a plain value, each choice or grid value, both bounds."""
+    """A space entry's values that stand for all of it (each value, both bounds)."""
     return next(iter(spec.values())) if isinstance(spec, dict) else [spec]
 
 
 def check_combinations(cfg: Config, space: dict) -> None:
-    """Every combination of the keys' values (check_values tried each key alone) is valid together: a global batch
-    smaller than a searched worker count, say, is one line now, not a failed trial. Up to COMBINATIONS_CHECKED."""
+    """Every combination of corner values (up to COMBINATIONS_CHECKED) is valid together, e.g. batch >= workers."""
     keys = list(space)
     if len(keys) < 2:
         return
@@ -232,16 +209,13 @@ def check_combinations(cfg: Config, space: dict) -> None:
 
 
 def pbt_mutation(spec: Any):
-    """A search.space entry as PBT's mutation: a choice as its list, so that PBT moves to a neighbouring value (a
-    Ray domain would be multiplied by 0.8 or 1.2, off the list); uniform and loguniform as domains (multiplied,
-    then clamped into the range by ClampToSpace)."""
+    """A space entry as PBT's mutation: a choice as its list (a Ray domain would be scaled off it)."""
     kind, values = next(iter(spec.items()))
     return list(values) if kind == "choice" else tune_domain(spec)
 
 
 class ClampToSpace:
-    """PBT's custom_explore_fn: a perturbed uniform or loguniform value back into its [low, high] (x1.2 of a beta2
-    of 0.9 would be 1.08, which training refuses)."""
+    """PBT's custom_explore_fn: perturbed values back into [low, high] (1.2 x beta2 0.9 is refused)."""
 
     def __init__(self, space: dict):
         self.ranges = {key: next(iter(spec.values())) for key, spec in space.items()
@@ -271,7 +245,7 @@ def tune_domain(spec: Any):
 
 
 def apply_params(cfg: Config, params: dict[str, Any]) -> Config:
-    """A trial's config: the base training config with the sampled values, validated."""
+    """A trial's config: the base config with the sampled values, validated."""
     from distgan.config import from_dict, validate
 
     data = to_dict(cfg)

@@ -1,18 +1,5 @@
-"""One Ray Tune trial: a small driver that fits a TorchTrainer (Ray 2.60's supported shape for Train V2) and bridges
-its reports, checkpoints included, to Tune.
-
-Why a bridge: ray.tune.integration.ray_train.TuneReportCallback forwards a Train run's metrics to Tune but not its
-checkpoints, so PBT never exploits ("no checkpoint for trial ... Skip exploit") and a restored search restarts
-trials from scratch. CheckpointBridge is that callback with the checkpoint kept: on the Train controller it puts
-(metrics, checkpoint path) on a ray.util.queue.Queue; the trial's driver runs trainer.fit() in a thread and its
-main thread calls ray.tune.report(metrics, checkpoint=...) with each.
-
-What Tune stores is a pointer, not a copy: a one-file checkpoint naming the Train checkpoint folder (which holds
-the full training state), so no checkpoint is stored twice. On a restart (PBT exploit, restored search) the trial
-reads ray.tune.get_checkpoint(), and its workers start from the folder it names, with the trial's own (possibly
-mutated) hyperparameters applied to the live optimizers and step schedule. The Train run name changes with the
-starting checkpoint: with the same name, Train V2 would resume the trial's own previous run instead.
-"""
+"""One Ray Tune trial: a driver that fits a TorchTrainer and reports to Tune with pointer checkpoints, so that
+PBT can exploit and a restored search resume (docs/tune.md)."""
 
 from __future__ import annotations
 
@@ -37,7 +24,7 @@ def make_bridge(q, metric: str):
     from ray.train import UserCallback
 
     class CheckpointBridge(UserCallback):
-        """Reports that carry the search's metric go to the trial driver, with their checkpoint's path."""
+        """Reports with the search's metric go to the trial driver, with their checkpoint's path."""
 
         def after_report(self, run_context, metrics, checkpoint):
             if metrics and metric in metrics[0]:
@@ -47,8 +34,7 @@ def make_bridge(q, metric: str):
 
 
 def report_with_pointer(metrics: dict[str, Any], path: Optional[str]) -> None:
-    """ray.tune.report, with a one-file checkpoint that names the Train checkpoint folder (Tune copies it to the
-    trial's storage before report returns; the local copy then goes)."""
+    """ray.tune.report with a one-file checkpoint naming the Train checkpoint folder."""
     import ray.tune
 
     if path is None:
@@ -70,8 +56,7 @@ def read_pointer(checkpoint) -> str:
 
 
 def note_start(cfg, trial: str, start_from: str, params: dict[str, Any]) -> None:
-    """trials/<trial>/starts.jsonl: every restart of the trial, from which checkpoint, with which values. A start
-    from another trial's checkpoint is a PBT exploit ("exploit": true): the history docs/tune.md shows how to read."""
+    """Append this restart to trials/<trial>/starts.jsonl: from where, with which values, exploit or not."""
     donor_run = start_from.rstrip("/").rsplit("/", 2)[-2]
     record = {"trial": trial, "from": start_from, "step": int(start_from.rstrip("/").rsplit("_", 1)[-1]),
               "exploit": not donor_run.startswith(trial), "config": params}
@@ -82,8 +67,7 @@ def note_start(cfg, trial: str, start_from: str, params: dict[str, Any]) -> None
 
 
 def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str, Any]) -> None:
-    """The Tune trainable (bound with tune.with_parameters): config holds this trial's values of the searched keys,
-    base the training config they apply to, search the search's folder ("dir") and metric."""
+    """The Tune trainable: the trial's searched values (config) applied to base; search: its dir and metric."""
     import ray.tune
     from ray.util.queue import Empty, Queue
 
@@ -95,6 +79,7 @@ def trial_driver(config: dict[str, Any], base: dict[str, Any], search: dict[str,
     if restored is not None:
         start_from = read_pointer(restored)
         note_start(cfg, trial, start_from, params=dict(config))
+    # a new Train run per start: under the same name Train V2 would resume the trial's previous run
     train_name = trial + (f"-from-{hashlib.sha1(start_from.encode()).hexdigest()[:10]}" if start_from else "")
     q = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(cfg, train_name, f"{search['dir']}/train", start_from, [make_bridge(q, search["metric"])])

@@ -1,7 +1,5 @@
-"""Hinge loss with the R1 penalty (Mescheder et al. 2018): gamma / 2 x mean ||grad D(real)||^2, lazily as WGAN-GP's.
-
-gamma is train.gp_weight and the interval train.gp_every, so the objective needs no keys of its own.
-"""
+"""Hinge loss with the R1 penalty (Mescheder et al. 2018), lazy like WGAN-GP's: gamma is train.gp_weight,
+the interval train.gp_every."""
 
 from __future__ import annotations
 

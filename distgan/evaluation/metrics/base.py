@@ -1,4 +1,4 @@
-"""What a metric is: the set statistics it needs (shared parts: statistics.py), and what it computes from two."""
+"""What a metric is: the set statistics it needs (statistics.py) and what it computes from two sets."""
 
 from __future__ import annotations
 

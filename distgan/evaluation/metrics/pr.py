@@ -1,9 +1,4 @@
-"""Improved precision and recall (Kynkaanniemi et al. 2019), k = 3 on the kept features (StyleGAN's pr50k3).
-
-Each set's manifold is the union of balls around its points, each as wide as the distance to the point's k-th
-nearest neighbour in the set. Precision: the share of generated points inside the real manifold (quality).
-Recall: the share of real points inside the generated manifold (diversity). Higher is better for both.
-"""
+"""Improved precision and recall (Kynkaanniemi et al. 2019), k = 3, on the kept features."""
 
 from __future__ import annotations
 
