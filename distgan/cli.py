@@ -24,24 +24,6 @@ def config_from_args(argv: list[str] | None, prog: str, description: str) -> Con
     return load_config(args.config, args.overrides)
 
 
-def torch_device(name: str, what: str):
-    """The torch.device `name`, or a UserError naming `what` (unknown, or CUDA torch cannot see) instead of
-    a traceback from the first .to()."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"{what}: {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UserError(f"{what}={name}, but torch sees no CUDA device here (torch.cuda.is_available() is false)")
-        if device.index is not None and device.index >= count:
-            raise UserError(f"{what}={name}, but torch sees {count} CUDA device{'s' if count > 1 else ''}")
-    return device
-
-
 def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Call main(); a user error exits 2, a diverged run 1, an interrupt 130: each one line, no traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from distgan.cli import run_main, torch_device
+from distgan.cli import run_main
+from distgan.io.device import torch_device
 from distgan.config import expand_home, from_dict, load_config, to_dict, validate
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.distributed import Dist

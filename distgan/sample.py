@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from distgan.cli import run_main, torch_device
+from distgan.cli import run_main
+from distgan.io.device import torch_device
 from distgan.config import expand_home
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.engine.logger import grid

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_module
-from distgan.cli import torch_device
+from distgan.io.device import torch_device
 from distgan.engine.checkpoint import load_newest_generator
 from distgan.io.run_folder import ensure_writable
 from distgan.errors import StorageError, UserError

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from distgan.cli import torch_device
+from distgan.io.device import pick_device  # noqa: F401  (bench and tests take it from here too)
 from distgan.config import Config, with_absolute_paths
 from distgan.errors import ConfigError
 from distgan.launch import checkpoint_layouts
@@ -23,13 +23,6 @@ from distgan.evaluation.evaluator import evaluator_for
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints/ckpt-*.pt"  # this launcher's checkpoints in a run folder (FolderCheckpoints)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    torch_device("cuda", "train.device")  # cuda where there is none: a UserError
-    return torch.device("cuda", 0)
 
 
 class LocalLauncher:
