@@ -37,13 +37,25 @@ def in_flag_terms(exc: UserError, args: argparse.Namespace) -> UserError:
     return exc
 
 
+def runs_something(source: str) -> bool:
+    """Whether a source would run a command or read the environment, also once its braces are expanded (a
+    backslash or a brace can hide `pipe:` from a plain search)."""
+    import braceexpand
+
+    try:
+        urls = list(braceexpand.braceexpand(source))
+    except Exception:
+        return True
+    return "${" in source or any("pipe:" in url for url in [source, *urls])
+
+
 def trusted_part(run_config: dict, args: argparse.Namespace, location: str) -> dict:
     """The stored config minus what would run code or choose where to write: a file is data, never instructions."""
     config = {section: dict(values) for section, values in run_config.items() if isinstance(values, dict)}
     data, ev = config.setdefault("data", {}), config.setdefault("eval", {})
     for section, key in (("eval", "source"), ("data", "source")):
         value = str(config[section].get(key) or "")
-        if "pipe:" in value or "${" in value:
+        if runs_something(value):
             if not args.data:
                 raise UserError(f"{location}: its stored {section}.{key}={value} is a command or reads the environment;"
                                 f" distgan never runs what a file says: name the reference data with --data (the same "

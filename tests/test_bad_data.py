@@ -343,3 +343,47 @@ def test_a_manifest_cannot_point_outside_its_folder(tmp_path, name):
     with pytest.raises(DataSourceError, match=r"shard name .* is not a file in the manifest's folder") as info:
         resolve_source(str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def pax_record_tar(path: Path, record: bytes) -> Path:
+    def member(name: str, data: bytes, kind: bytes) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.type = len(data), kind
+        return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+    good_png = encode_image(Image.new("RGB", (SIZE, SIZE)), "png")
+    path.write_bytes(member("a.png", good_png, tarfile.REGTYPE) + member("pax", record, tarfile.XHDTYPE) +
+                     member("b.png", good_png, tarfile.REGTYPE) + b"\0" * 1024)
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("record", [b"0 mtime=1\n", b"99 path=x\n"])
+def test_a_pax_record_that_lies_about_its_length_ends_the_shard_not_the_reader(tmp_path, record):
+    """A record length of 0 never advanced the parser: every reader of the shard spun forever."""
+    from distgan.data.shards import iter_samples
+
+    errors: list[str] = []
+    keys = [s["__key__"] for s in iter_samples(str(pax_record_tar(tmp_path / "s.tar", record)), errors.append)]
+    assert keys == ["a"] and "a pax record of length" in errors[0]
+
+
+def test_a_sample_with_too_many_members_ends_the_shard(tmp_path):
+    """Members of one key pile up in one sample: a cap on their number bounds a sample's memory too."""
+    from distgan.data.shards import MAX_SAMPLE_MEMBERS, iter_samples
+
+    write_shard(str(tmp_path), 0, good("a", 2) + [{"__key__": "wide", **{f"e{i}": b"x" for i in range(20)}}])
+    errors: list[str] = []
+    keys = [s["__key__"] for s in iter_samples(str(tmp_path / shard_name(0)), errors.append)]
+    assert keys == ["a00", "a01"] and f"more than {MAX_SAMPLE_MEMBERS} members" in errors[0]
+
+
+def test_a_manifest_that_claims_more_images_than_its_shards_hold_is_one_line(tmp_path):
+    """Evaluation pads every rank to the manifest's count: a count of 10**12 on a 10 KB shard would pad for days."""
+    from distgan.data.validation import ValidationStream
+
+    count = write_shard(str(tmp_path), 0, good("a", 2))
+    write_manifest(str(tmp_path), Manifest([{"name": shard_name(0), "count": 10**12}], 10**12, SIZE, 3, "png"))
+    with pytest.raises(DataSourceError, match=r"says 1000000000000 images in .*shard-000000.tar, more than its"):
+        ValidationStream.from_source(str(tmp_path), 4, SIZE)
+    assert count == 2

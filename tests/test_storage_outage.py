@@ -222,3 +222,37 @@ def test_ray_trains_filesystem_waits_out_an_outage_and_gives_up_after_it(flaky, 
     with pytest.raises(StorageUnreachable, match="writing bucket/run/checkpoint_manager_snapshot.json: storage did"):
         with short.open_output_stream("bucket/run/checkpoint_manager_snapshot.json") as f:
             f.write(b"{}")
+
+
+def test_a_request_the_store_refused_is_not_waited_for():
+    """A 403 (pyarrow says ACCESS_DENIED in an OSError) will not pass by waiting: raised at once."""
+    clock = FakeClock()
+
+    def denied():
+        raise OSError("When reading information for key 'run/x' in bucket 'b': AWS Error ACCESS_DENIED during "
+                      "HeadObject operation")
+
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        with_retries(denied, "reading x", 100, sleep=clock.sleep, clock=lambda: clock.now)
+    assert clock.sleeps == []
+
+
+def test_a_final_copy_that_fails_keeps_the_staging_folder(flaky, monkeypatch):
+    """At close nothing comes after: a copy refused for good (a 403) leaves the files in the staging folder,
+    marked .kept (never removed by a later start), instead of deleting the only copy."""
+    from distgan.io.run_folder import KEPT_MARKER
+
+    folder = RunFolder("flaky://bucket/run-final", timeout_s=2)
+    (folder.local / "generators").mkdir()
+    (folder.local / "generators" / "generator-00000100.pt").write_bytes(b"the last export")
+    real_put = type(folder.fs).put_file
+
+    def refused(self, lpath, rpath, **kwargs):
+        if lpath.endswith(".pt"):
+            raise PermissionError("Access Denied")
+        return real_put(self, lpath, rpath, **kwargs)
+
+    monkeypatch.setattr(type(folder.fs), "put_file", refused)
+    folder.close()
+    assert (folder.local / "generators" / "generator-00000100.pt").read_bytes() == b"the last export"
+    assert (folder.local / KEPT_MARKER).exists()

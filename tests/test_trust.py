@@ -204,3 +204,48 @@ def test_values_read_from_the_environment_are_stored_as_the_expression(tiny_conf
     search = SearchConfig(space={"train.lr_g": {"choice": [1e-4, 2e-4]}})
     for text in (str(settings(cfg, search)), best_config(cfg, search, {"train.lr_g": 1e-4}, 2)):
         assert secret not in text and "${oc.env:DISTGAN_TEST_SHARDS}" in text
+
+
+def test_a_pickle_of_a_newer_protocol_is_refused_not_skipped(tmp_path):
+    """Protocols 4 and 5 name globals with opcodes the restricted unpickler reports without a type: still a file
+    that holds code, refused, and no older checkpoint taken in its place."""
+    from distgan.engine.checkpoint import FolderCheckpoints, write_atomic
+    from distgan.errors import UnsafeFile
+
+    marker = tmp_path / "marker"
+    write_atomic(tmp_path / "ckpt-00000001.pt", {"format": "distgan-checkpoint", "version": 1, "step": 1,
+                                                  "config": {}, "state": {}, "ranks": []})
+    torch.save({"x": WritesAMarker(marker)}, tmp_path / "ckpt-00000002.pt", pickle_protocol=4)
+    with pytest.raises(UnsafeFile, match="ckpt-00000002.pt holds pickle instructions beyond data"):
+        FolderCheckpoints(tmp_path, keep=3).load_latest()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("source", [r"p\ipe:sh payload #.tar", "{pipe:sh payload,x}.tar"])
+def test_a_stored_source_that_hides_pipe_in_braces_is_refused(trained_run, tmp_path, source):
+    """Brace expansion turns `p\\ipe:` or `{pipe:...,x}` into a shell command: the check looks after expansion."""
+    import argparse
+
+    from distgan.errors import UserError
+    from distgan.evaluate import trusted_part
+
+    export = load_trusted(str(trained_run / "generators" / "generator-00000002.pt"), "export")
+    export["config"]["data"]["source"] = source
+    args = argparse.Namespace(data=None, weights=None, cache_dir=None, metrics="swd")
+    with pytest.raises(UserError, match="is a command or reads the environment"):
+        trusted_part(export["config"], args, "planted.pt")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.pop("G_ema"), "it lacks 'G_ema'"),
+    (lambda e: e["model"].update(width=1 << 20), "GiB, more than 8 GiB"),
+    (lambda e: e["model"].update(image_size=7), "image_size must be a power of two"),
+    (lambda e: e.update(G_ema=[1]), "Expected state_dict to be dict-like"),
+])
+def test_a_crafted_export_is_one_line_and_never_built_oversized(trained_run, tmp_path, change, message):
+    export = load_trusted(str(trained_run / "generators" / "generator-00000002.pt"), "export")
+    change(export)
+    planted = tmp_path / "planted.pt"
+    torch.save(export, planted)
+    result = run_module("distgan.sample", str(planted), "--out", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and message in one_error_line(result), result.stderr[-2000:]

@@ -135,6 +135,7 @@ def split_member_name(name: str) -> tuple[Optional[str], str]:
 BLOCK = 512
 # the most bytes a member may hold (a header can claim any size, the reader holds it in memory); images are < 100 KB
 MAX_MEMBER_BYTES = 16 << 20
+MAX_SAMPLE_MEMBERS = 8  # members of one key held at once (an image and a few labels), so a sample is bounded too
 
 
 def read_exact(stream, size: int) -> bytes:
@@ -153,6 +154,8 @@ def pax_path(records: bytes) -> Optional[str]:
     while pos < len(records):
         space = records.index(b" ", pos)
         length = int(records[pos:space])
+        if length < space - pos + 2 or pos + length > len(records):  # a record must hold its own length field
+            raise tarfile.ReadError(f"a pax record of length {length}")
         key, _, value = records[space + 1: pos + length - 1].partition(b"=")
         if key == b"path":
             return value.decode("utf-8")
@@ -195,6 +198,10 @@ def tar_members(stream) -> Iterator[tuple[str, bytes]]:
             long_name = None if kind != b"g" else long_name
 
 
+class TooManyMembers(tarfile.ReadError):
+    """A sample over MAX_SAMPLE_MEMBERS: it is dropped, not kept as a whole one."""
+
+
 def iter_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
     """A shard's samples in order ({"__key__", "__url__", EXT: bytes}); damage ends it, with one on_error message."""
     try:
@@ -216,13 +223,15 @@ def iter_samples(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
                 count, sample = count + 1, None
             if sample is None:
                 sample = {"__key__": key, "__url__": url}
+            if len(sample) - 2 >= MAX_SAMPLE_MEMBERS:
+                raise TooManyMembers(f"sample {key!r} has more than {MAX_SAMPLE_MEMBERS} members")
             sample[ext] = data
         if sample is not None:
             yield sample
             count, sample = count + 1, None
         stream.close()  # a pipe: reports a failed command here
     except Exception as exc:
-        if sample is not None:  # its members were read whole: keep it, then report what follows
+        if sample is not None and not isinstance(exc, TooManyMembers):  # read whole: keep it, report what follows
             yield sample
             count, sample = count + 1, None
         on_error(f"{url}: truncated or corrupt shard after {count} samples: {exc}")

@@ -77,8 +77,25 @@ def resolve_shards(cfg: Config) -> list[str]:
     return urls
 
 
-def shard_counts(urls: list[str], manifest: Optional[Manifest]) -> list[int]:
-    """Samples per shard: the manifest's, or counted by reading each shard through."""
-    if manifest is not None:
-        return manifest.counts()
-    return [count_samples(url) for url in urls]
+MIN_SAMPLE_BYTES = 1024  # a tar member's header block and at least one data block
+
+
+def shard_counts(urls: list[str], manifest: Optional[Manifest], what: str = "data.source") -> list[int]:
+    """Samples per shard: the manifest's, checked against the shards' sizes, or counted by reading them through."""
+    if manifest is None:
+        return [count_samples(url) for url in urls]
+    counts = manifest.counts()
+    listings: dict[str, dict] = {}
+    for url, count in zip(urls, counts):
+        if not url.endswith(".tar"):  # compressed shards can be far smaller than their images
+            continue
+        fs, path = fsspec.core.url_to_fs(url)
+        folder = path.rsplit("/", 1)[0]
+        if folder not in listings:
+            listings[folder] = {e["name"].rstrip("/"): e.get("size") for e in fs.ls(folder, detail=True)}
+        size = listings[folder].get(path)
+        # far more than the bytes hold (a cut-off shard holds fewer than its count: that is fine): evaluation would
+        # pad every rank to that count for days
+        if size is not None and count * MIN_SAMPLE_BYTES > 100 * size + (1 << 20):
+            raise DataSourceError(f"{what}: {MANIFEST} says {count} images in {url}, more than its {size} bytes hold")
+    return counts

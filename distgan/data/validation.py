@@ -55,7 +55,8 @@ class ValidationStream(IterableDataset):
         urls, manifest = resolve_source(source, what)
         if manifest is not None:
             check_manifest(manifest, image_size, channels, what)
-        return cls(urls, shard_counts(urls, manifest), batch_size, image_size, channels, rank, world_size, with_keys,
+        counts = shard_counts(urls, manifest, what)
+        return cls(urls, counts, batch_size, image_size, channels, rank, world_size, with_keys,
                    limit)
 
     def __len__(self) -> int:

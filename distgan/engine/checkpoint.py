@@ -219,26 +219,42 @@ def load_generator(location: str | Path, ema: bool = True) -> tuple[Generator, d
         raise UnreadableFile(f"{location} is not a distgan checkpoint or generator export: "
                              f"{first_sentence(exc)}") from None
     kind = data.get("format") if isinstance(data, dict) else None
-    if kind == EXPORT_FORMAT:
-        if not ema:
-            raise UserError(f"{location} is a generator export (EMA weights only): give a full checkpoint for the "
-                            f"raw generator")
-        model, weights = data["model"], data["G_ema"]
-        info = {"step": data["step"], "metrics": data["metrics"], "config": data.get("config") or {"model": model}}
-    elif kind == CHECKPOINT_FORMAT:
-        model = data["config"]["model"]
-        weights = data["state"]["G_ema" if ema else "G"]
-        info = {"step": data["step"], "metrics": {}, "config": data["config"]}
-    else:
+    if kind not in (EXPORT_FORMAT, CHECKPOINT_FORMAT):
         raise UserError(f"{location} is not a distgan checkpoint or generator export")
-    model_cfg = from_dict({"model": model}).model
-    G = build_models(model_cfg)[0]
-    try:
+    if kind == EXPORT_FORMAT and not ema:
+        raise UserError(f"{location} is a generator export (EMA weights only): give a full checkpoint for the "
+                        f"raw generator")
+    try:  # a file someone else wrote: anything missing, mistyped or oversized is one line, never a traceback
+        if kind == EXPORT_FORMAT:
+            model, weights = data["model"], data["G_ema"]
+            info = {"step": int(data["step"]), "metrics": dict(data["metrics"]),
+                    "config": data.get("config") or {"model": model}}
+        else:
+            model, weights = data["config"]["model"], data["state"]["G_ema" if ema else "G"]
+            info = {"step": int(data["step"]), "metrics": {}, "config": data["config"]}
+        model_cfg = from_dict({"model": model}).model
+        G = generator_within_bounds(model_cfg)
         G.load_state_dict(weights)  # SyncBatchNorm2d and BatchNorm2d share one state layout
-    except RuntimeError as exc:
-        raise UserError(f"{location}: generator weights do not fit its model config: {first_line(exc)}") from None
+    except UserError:
+        raise
+    except Exception as exc:
+        why = f"it lacks {exc}" if isinstance(exc, KeyError) else first_line(exc)
+        raise UnreadableFile(f"{location} is not a usable generator: {why}") from None
     info["model"] = model_cfg
     return G.eval(), info
+
+
+MAX_GENERATOR_BYTES = 8 << 30  # a generator larger than this in a file is refused before it is built
+
+
+def generator_within_bounds(model_cfg) -> Generator:
+    """The generator of model_cfg, counted on the meta device first: a file can name any width."""
+    with torch.device("meta"):
+        size = sum(p.numel() for p in Generator(model_cfg.z_dim, model_cfg.width, model_cfg.image_size,
+                                                model_cfg.channels).parameters()) * 4
+    if size > MAX_GENERATOR_BYTES:
+        raise ValueError(f"its model needs {size / 2**30:.0f} GiB, more than {MAX_GENERATOR_BYTES >> 30} GiB")
+    return Generator(model_cfg.z_dim, model_cfg.width, model_cfg.image_size, model_cfg.channels)
 
 
 def find_generators(location: str | Path) -> list[str]:

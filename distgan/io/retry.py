@@ -16,14 +16,17 @@ DEFAULT_TIMEOUT_S = 300.0  # run.storage_timeout_s
 FIRST_DELAY_S, MAX_DELAY_S = 1.0, 30.0
 # errors that say the thing is not there or not allowed: the answer will not change by asking again
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full or read-only disk: someone must act first
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# what pyarrow and s3fs say, in an OSError's text, of a request the store refused: asking again will not help
+REFUSED = ("ACCESS_DENIED", "AccessDenied", "Access Denied", "NO_SUCH_BUCKET", "NoSuchBucket", "INVALID_ACCESS_KEY",
+           "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403 Forbidden")  # a full or read-only disk: someone must act first
 # clients that raise their own connection errors rather than OSError (botocore's, aiohttp's, google-auth's)
 TRANSIENT_NAMES = ("Connect", "Timeout", "Throttl", "SlowDown", "ServiceUnavailable", "Disconnected")
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether asking again may succeed: I/O errors, timeouts and lost connections, not missing files."""
-    if isinstance(exc, PERMANENT) or getattr(exc, "errno", None) in FULL:
+    if isinstance(exc, PERMANENT) or getattr(exc, "errno", None) in FULL or any(w in str(exc) for w in REFUSED):
         return False
     if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
         return True

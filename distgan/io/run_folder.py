@@ -14,7 +14,7 @@ from typing import BinaryIO, Callable
 
 import fsspec
 
-from distgan.errors import StorageUnreachable
+from distgan.errors import StorageUnreachable, first_line
 from distgan.io.retry import DEFAULT_TIMEOUT_S, with_retries
 
 log = logging.getLogger(__name__)
@@ -242,17 +242,24 @@ class RunFolder:
                 else:
                     self.fs.put_file(str(file), target)
             except StorageUnreachable as exc:
-                log.error("%s; the files not yet copied stay in %s (copy them to %s, then delete it)", exc,
-                          self.local, self.location)
-                self.keep_staging = True
-                (self.local / KEPT_MARKER).write_text(f"{self.location}\n")
+                self._keep_for_the_user(exc)
                 return
             except Exception as exc:  # a storage hiccup must not kill training: the next sync retries
+                if final:  # no next sync: the staging folder holds the only copy
+                    self._keep_for_the_user(exc)
+                    continue
                 log.warning("could not copy %s to %s: %s", file.name, target, exc)
                 continue
             self._uploaded[file] = signature
         for pattern, keep in self._keep_newest.items():
             self._prune(pattern, keep)
+
+    def _keep_for_the_user(self, exc: Exception) -> None:
+        """A final copy failed: the staging folder stays, marked, and says where it is."""
+        log.error("%s; the files not yet copied stay in %s (copy them to %s, then delete it)", first_line(exc),
+                  self.local, self.location)
+        self.keep_staging = True
+        (self.local / KEPT_MARKER).write_text(f"{self.location}\n")
 
     def keep_newest(self, pattern: str, keep: int) -> None:
         """After each sync only the newest `keep` files matching pattern stay in the bucket, earlier attempts' too."""
