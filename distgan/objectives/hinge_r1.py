@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distgan.losses import generator_loss
+
 
 def r1_penalty(D, real: torch.Tensor) -> torch.Tensor:
     """mean over samples of ||dD(x)/dx||^2 at the real samples, differentiable (create_graph) in one backward."""
@@ -29,4 +31,4 @@ class HingeR1:
         return loss, {"loss/critic": loss, "loss/r1": r1 * self.every, "margin": real_scores.mean() - fake_scores.mean()}
 
     def generator_loss(self, fake_scores: torch.Tensor) -> torch.Tensor:
-        return -fake_scores.mean()
+        return generator_loss(fake_scores)  # the hinge GAN's generator loss is WGAN's
