@@ -29,10 +29,12 @@ faults = {}
 def faults_per_step(name):
     for _ in range(2):  # warm-up
         train_step(state, lambda: batch, cfg.train, Dist())
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
+    counts = []
+    for _ in range(7):  # the median step: a one-off fault elsewhere in the process is not the step's
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         train_step(state, lambda: batch, cfg.train, Dist())
-    faults[name] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 4
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+    faults[name] = sorted(counts)[3]
 
 faults_per_step("main thread")
 thread = threading.Thread(target=faults_per_step, args=("other thread",))
@@ -55,5 +57,5 @@ def test_keep_host_memory_stops_the_page_faults_of_every_step():
     print(f"minor page faults per step: kept {kept['faults']}, glibc's default {default['faults']}")
     assert kept["applied"] and not default["applied"]
     for where in ("main thread", "other thread"):
-        # measured: about 0-10 kept against thousands with glibc's default thresholds
+        # measured, median step: 0 kept against thousands with glibc's default thresholds
         assert kept["faults"][where] * 20 < default["faults"][where], where
