@@ -256,5 +256,5 @@ def test_ray_ranks_resume_from_the_checkpoint_rank_0_lists(tiny_config, tmp_path
     run, donor = tmp_path / "run", tmp_path / "donor"
     for folder, step in ((run / checkpoint_dir(2), 2), (donor, 1)):
         write_atomic(folder / CHECKPOINT_FILE, payload_for(cfg, step))
-    spawn(lagging_listing_rank, 2, str(run), str(donor), timeout_s=20)
+    spawn(lagging_listing_rank, 2, str(run), str(donor), timeout_s=120)
     assert [(run / f"loaded-{rank}").read_text() for rank in range(2)] == ["2", "2"]

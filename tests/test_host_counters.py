@@ -18,7 +18,7 @@ SIZE = 64 * 2**20  # bytes of fresh memory touched, one write per 4 KiB page
 # Burns 0.4 s of CPU, says so, then waits (alive, so that the second snapshot still sees it) until stdin closes.
 BURNER = """import sys, time
 start = time.process_time()
-while time.process_time() - start < 0.4:
+while time.process_time() - start < 0.5:
     pass
 print("burnt", flush=True)
 sys.stdin.read()
@@ -67,9 +67,9 @@ def test_counts_page_faults_and_the_cpu_of_other_processes():
     assert per_step["cpu_wait_ms_per_step"] >= 0
     others = per_step["top_others"]
     other_ms = sum(ms for name, ms in others.items() if name.startswith(f"{other_pid} "))
-    assert other_ms >= 400 / 2, others  # its 0.4 s (and its start-up), per step of 2
+    assert other_ms >= 400 / 2, others  # its 0.5 s (less /proc's rounding), per step of 2
     assert not any(name.startswith(f"{child.pid} ") for name in others), "this process's own child is no other"
-    assert per_step["children_cpu_ms_per_step"] >= 400 / 2
+    assert per_step["children_cpu_ms_per_step"] >= 400 / 2  # the same burner, as a child
     assert per_step["others_cpu_ms_per_step"] >= other_ms
 
 

@@ -53,7 +53,7 @@ def check_pixels(images: torch.Tensor, keys: list[str]) -> None:
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(image_of(int(key[3:])))), key
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_two_ranks_with_spawned_workers_split_the_data(numbered):
     """Rank and world size reach spawned workers through ShardStream itself (docs/design.md, section 2): epoch 0 of all
     four (rank, worker) units together is the data set, once; an uneven shard count never runs a rank dry."""
@@ -80,7 +80,7 @@ def test_two_ranks_with_spawned_workers_split_the_data(numbered):
     assert sorted(both) == keys
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_validation_two_ranks_spawned_each_image_once_and_equal_batches(numbered):
     root, keys = numbered
     seen, counts = [], []

@@ -53,7 +53,7 @@ def cluster_state(cluster) -> dict:
     return state
 
 
-def wait_until_freed(cluster, seconds: float = 30) -> dict:
+def wait_until_freed(cluster, seconds: float = 120) -> dict:
     """The cluster's state once no placement group is left and every CPU is free, or after `seconds` (Ray removes
     a finished job's groups asynchronously)."""
     deadline = time.time() + seconds
